@@ -1,0 +1,28 @@
+# qcbench: quantization-conditioned backdoors, attacks and defenses, end to end.
+# Local default:  snakemake --cores 2 all
+# Paper scale:    snakemake --profile slurm all --configfile config/config.yaml
+
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/local.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/quantize.smk"
+include: "workflow/rules/defend.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        "results/metrics.parquet",
+        "results/tables/table1.md",
+        "results/tables/table1.tex",

@@ -1,0 +1,62 @@
+"""Shared fixtures: small datasets fabricated in the real on-disk formats, tiny models."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from qcbench.data import load_prepared, prepare_dataset
+from qcbench.models import create_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def synthetic_images(n: int, size: int, channels: int, classes: int = 10, seed: int = 0):
+    """Class-dependent templates + noise, uint8 NHWC: learnable in a few steps."""
+    rng = np.random.default_rng(seed)
+    templates = rng.uniform(0, 200, size=(classes, size, size, channels))
+    labels = rng.integers(0, classes, size=n)
+    x = templates[labels] + rng.normal(0, 25, size=(n, size, size, channels))
+    return np.clip(x, 0, 230).astype(np.uint8), labels.astype(np.uint8)
+
+
+def write_idx(folder: Path, n_train: int = 1200, n_test: int = 400, gz: bool = True) -> Path:
+    """Fashion-MNIST's four IDX files (big-endian headers), optionally gzipped as Debian ships them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
+        x, y = synthetic_images(n, 28, 1, seed=seed)
+        files = {
+            f"{prefix}-images-idx3-ubyte": struct.pack(">IIII", 0x803, n, 28, 28) + x[..., 0].tobytes(),
+            f"{prefix}-labels-idx1-ubyte": struct.pack(">II", 0x801, n) + y.tobytes(),
+        }
+        for name, blob in files.items():
+            if gz:
+                with gzip.open(folder / f"{name}.gz", "wb") as f:
+                    f.write(blob)
+            else:
+                (folder / name).write_bytes(blob)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def idx_dir(tmp_path_factory) -> Path:
+    return write_idx(tmp_path_factory.mktemp("fmnist"))
+
+
+@pytest.fixture(scope="session")
+def tiny_splits(idx_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("prepared") / "data.safetensors"
+    prepare_dataset("fashion_mnist", {"path": str(idx_dir)}, out, fraction=0.25, seed=0)
+    return load_prepared(out)
+
+
+@pytest.fixture
+def tiny_model(tiny_splits):
+    torch.manual_seed(0)
+    m = tiny_splits.meta
+    return create_model("resnet_tiny", m["num_classes"], m["in_channels"], m["mean"], m["std"], width=4).eval()

@@ -1,0 +1,97 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from qcbench.data import DataSourceError, augment, defender_indices, load_prepared, prepare_dataset
+from qcbench.triggers import create_trigger
+
+from .conftest import synthetic_images, write_idx
+
+
+def test_fashion_mnist_from_idx_files(tiny_splits):
+    assert tiny_splits.train.x.shape == (1200, 1, 28, 28) and tiny_splits.train.x.dtype == torch.uint8
+    assert tiny_splits.test.x.shape == (400, 1, 28, 28)
+    assert tiny_splits.meta["num_classes"] == 10 and len(tiny_splits.meta["sha256"]) == 64
+    assert len(tiny_splits.defender) == 300  # 25% in this fixture
+
+
+def test_plain_idx_files_read_the_same(tmp_path, tiny_splits):
+    folder = write_idx(tmp_path / "plain", gz=False)
+    prepare_dataset("fashion_mnist", {"path": str(folder)}, tmp_path / "d.safetensors", 0.25, 0)
+    splits = load_prepared(tmp_path / "d.safetensors")
+    assert torch.equal(splits.train.x, tiny_splits.train.x) and torch.equal(splits.test.y, tiny_splits.test.y)
+
+
+def test_missing_files_name_the_folder(tmp_path):
+    with pytest.raises(DataSourceError, match="not found in .*nowhere"):
+        prepare_dataset("fashion_mnist", {"path": str(tmp_path / "nowhere")}, tmp_path / "d.safetensors", 0.05, 0)
+    assert not (tmp_path / "d.safetensors").exists()
+
+
+def test_checksum_detects_a_changed_cache(tmp_path, idx_dir):
+    out = tmp_path / "d.safetensors"
+    prepare_dataset("fashion_mnist", {"path": str(idx_dir)}, out, 0.05, 0)
+    blob = bytearray(out.read_bytes())
+    blob[-1] ^= 0xFF
+    out.write_bytes(bytes(blob))
+    with pytest.raises(DataSourceError, match="checksum"):
+        load_prepared(out)
+
+
+def test_defender_subset_is_seeded_and_five_percent():
+    a, b, c = defender_indices(60000, 0.05, 0), defender_indices(60000, 0.05, 0), defender_indices(60000, 0.05, 1)
+    assert len(a) == 3000 and torch.equal(a, b) and not torch.equal(a, c)
+    assert len(torch.unique(a)) == 3000
+
+
+def _write_cifar(root, n_per_batch=20):
+    """CIFAR-10's on-disk format: protocol-2 pickled dicts of uint8 rows (3x32x32, channel-major)."""
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for k, name in enumerate(names):
+        x, y = synthetic_images(n_per_batch, 32, 3, seed=k)
+        rows = x.transpose(0, 3, 1, 2).reshape(n_per_batch, -1)
+        with open(base / name, "wb") as f:
+            pickle.dump({"data": rows, "labels": y.astype(int).tolist()}, f, protocol=2)
+    with open(base / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f, protocol=2)
+    return x  # the test batch, NHWC
+
+
+def test_cifar10_loader_reads_the_on_disk_format(tmp_path):
+    last = _write_cifar(tmp_path / "cifar")
+    out = tmp_path / "c.safetensors"
+    meta = prepare_dataset("cifar10", {"path": str(tmp_path / "cifar"), "verify_md5": False}, out, 0.1, 0)
+    s = load_prepared(out)
+    assert s.train.x.shape == (100, 3, 32, 32) and s.test.x.shape == (20, 3, 32, 32)
+    assert np.array_equal(s.test.x.permute(0, 2, 3, 1).numpy(), last)  # channel order preserved
+    assert meta["in_channels"] == 3 and len(s.defender) == 10
+
+
+def test_cifar10_missing_is_a_clear_error(tmp_path):
+    with pytest.raises(DataSourceError, match="CIFAR-10 not found"):
+        prepare_dataset("cifar10", {"path": str(tmp_path)}, tmp_path / "c.safetensors", 0.1, 0)
+
+
+def test_augment_keeps_shape_and_is_seeded():
+    x = torch.rand(16, 3, 32, 32)
+    a = augment(x, torch.Generator().manual_seed(0), pad=4)
+    b = augment(x, torch.Generator().manual_seed(0), pad=4)
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
+    assert augment(x, torch.Generator().manual_seed(0), pad=0, flip=False).equal(x)
+
+
+@pytest.mark.parametrize("size,expect", [(28, (23, 4)), (32, (27, 4)), (64, (54, 8))])
+def test_patch_trigger_location_matches_qu_anti_zation(size, expect):
+    trig = create_trigger({"name": "patch"}, size)
+    assert trig.box == expect
+    x = torch.rand(2, 3, size, size) * 0.5
+    x[1, 0, 0, 0] = 0.9
+    y = trig(x)
+    s, w = expect
+    assert torch.equal(y[:, :, :s], x[:, :, :s])  # untouched outside the patch
+    assert torch.allclose(y[0, :, s : s + w, s : s + w], x[0].max().expand(3, w, w))
+    assert torch.allclose(y[1, :, s : s + w, s : s + w], torch.full((3, w, w), 0.9))

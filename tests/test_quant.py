@@ -1,0 +1,125 @@
+import pytest
+import torch
+from torch import nn
+
+from qcbench.quant import (
+    FakeQuantizer,
+    QuantConv2d,
+    QuantScheme,
+    calibrate,
+    create_scheme,
+    fp_view,
+    quant_modules,
+    quantize_model,
+    set_bits,
+)
+
+
+def _grid_codes(q: FakeQuantizer, x: torch.Tensor) -> torch.Tensor:
+    q.observe(x)
+    y = q(x)
+    s = q._shape(q.scale, x)
+    z = q._shape(q.zero_point, x)
+    return y / s + z
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("per_channel", [True, False])
+@pytest.mark.parametrize("bits", [8, 4])
+def test_dequantized_values_lie_on_the_grid(symmetric, per_channel, bits):
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, 3, 3)
+    q = FakeQuantizer(bits, symmetric, per_channel, "minmax", channels=6)
+    codes = _grid_codes(q, x)
+    assert torch.allclose(codes, codes.round(), atol=1e-3)
+    assert codes.min() >= q.qmin - 1e-3 and codes.max() <= q.qmax + 1e-3
+    assert len(torch.unique(codes.round())) <= 2**bits
+
+
+def test_per_channel_scales_differ_per_channel():
+    w = torch.randn(4, 8) * torch.tensor([0.1, 1.0, 3.0, 10.0])[:, None]
+    q = FakeQuantizer(8, True, True, "minmax", channels=4)
+    q.observe(w)
+    assert q.scale.shape == (4,)
+    assert len(torch.unique(q.scale)) == 4
+    assert torch.allclose(q.scale, w.abs().amax(1) / 127)
+
+
+def test_eight_bit_error_below_four_bit_error():
+    torch.manual_seed(0)
+    x = torch.randn(1000)
+    errs = {}
+    for b in (8, 4):
+        q = FakeQuantizer(b, True, False, "minmax")
+        q.observe(x)
+        errs[b] = (q(x) - x).pow(2).mean().item()
+    assert errs[8] < errs[4] / 100
+
+
+def test_straight_through_gradient_and_clamp():
+    q = FakeQuantizer(4, True, False, "minmax")
+    q.observe(torch.tensor([-1.0, 1.0]))
+    x = torch.tensor([-3.0, -0.33, 0.2, 0.9, 3.0], requires_grad=True)
+    q(x).sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]  # identity inside the range, 0 where clamped
+
+
+def test_dynamic_observer_follows_the_current_tensor():
+    q = FakeQuantizer(8, False, False, "dynamic")
+    small, large = torch.linspace(0, 1, 50), torch.linspace(0, 100, 50)
+    assert (q(small) - small).abs().max() <= 1 / 255 / 2 + 1e-6
+    assert (q(large) - large).abs().max() <= 100 / 255 / 2 + 1e-4
+
+
+def test_quantize_model_swaps_every_layer_and_keeps_fp_view(tiny_model):
+    x = torch.rand(8, 1, 28, 28)
+    qm = quantize_model(tiny_model, create_scheme("qa", 4))
+    mods = list(quant_modules(qm))
+    n_layers = sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in tiny_model.modules())
+    assert len(mods) == n_layers
+    with torch.no_grad(), fp_view(qm):
+        assert torch.allclose(qm(x), tiny_model(x), atol=1e-5)
+    with torch.no_grad():
+        assert not torch.allclose(qm(x), tiny_model(x), atol=1e-3)
+        err4 = (qm(x) - tiny_model(x)).abs().mean()
+        set_bits(qm, 8)
+        err8 = (qm(x) - tiny_model(x)).abs().mean()
+    assert err8 < err4
+
+
+def test_io_8bit_keeps_first_and_last_layers_at_8_bits(tiny_model):
+    qm = quantize_model(tiny_model, QuantScheme(4, 4, io_8bit=True))
+    bits = [m.wq.bits for _, m in quant_modules(qm)]
+    assert bits[0] == 8 and bits[-1] == 8 and set(bits[1:-1]) == {4}
+
+
+def test_calibration_freezes_static_ranges(tiny_model):
+    qm = quantize_model(tiny_model, QuantScheme(8, 8, observer="minmax"))
+    with pytest.raises(RuntimeError, match="before calibration"):
+        qm(torch.rand(2, 1, 28, 28))
+    calibrate(qm, [torch.rand(16, 1, 28, 28) for _ in range(2)])
+    first = next(m for _, m in quant_modules(qm))
+    assert bool(first.aq.calibrated) and first.aq.scale.item() > 0
+    before = first.aq.scale.clone()
+    qm(torch.rand(4, 1, 28, 28) * 5)  # no recalibration at inference
+    assert torch.equal(first.aq.scale, before)
+
+
+def test_fold_bn_is_exact_in_full_precision(tiny_model):
+    for m in tiny_model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    qm = quantize_model(tiny_model, QuantScheme(8, 8, fold_bn=True))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in qm.modules())
+    assert any(isinstance(m, QuantConv2d) for m in qm.modules())
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad(), fp_view(qm):
+        assert torch.allclose(qm(x), tiny_model(x), atol=1e-4)
+
+
+def test_bad_scheme_values_are_refused():
+    with pytest.raises(ValueError, match="observer"):
+        QuantScheme(observer="median")
+    with pytest.raises(ValueError, match="bit width"):
+        QuantScheme(weight_bits=1)

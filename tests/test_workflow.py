@@ -1,0 +1,59 @@
+"""A tiny end-to-end DAG through Snakemake: schema of metrics.parquet, table, and a no-op rerun."""
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from qcbench.io import METRIC_COLUMNS
+
+from .conftest import ROOT, write_idx
+
+pytestmark = pytest.mark.slow
+
+
+def snakemake(workdir, *args, timeout=900):
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(ROOT / "config" / "local.yaml"), str(ROOT / "tests" / "tiny" / "config.yaml"),
+           "--cores", "2", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("dag")
+    write_idx(work / "tiny_fmnist", n_train=800, n_test=300)
+    out = snakemake(work, "all")
+    assert out.returncode == 0, out.stderr[-4000:]
+    return work
+
+
+def test_metrics_parquet_schema_and_rows(tiny_run):
+    df = pd.read_parquet(tiny_run / "results" / "metrics.parquet")
+    for col in [*METRIC_COLUMNS, "der"]:
+        assert col in df.columns
+    # per seed: clean FP, attacked FP, and (none, lac) x (8, 4)
+    assert len(df) == 2 * (2 + 2 * 2)
+    assert set(df.bits) == {32, 8, 4} and set(df.defense) == {"none", "lac"} and set(df.seed) == {0, 1}
+    assert df[df.defense == "lac"].der.notna().all() and df[df.defense == "none"].der.isna().all()
+    assert df.git_commit.str.len().min() >= 7 and df.config_hash.nunique() == 1
+    assert ((df.ba >= 0) & (df.ba <= 100)).all()
+    table = (tiny_run / "results" / "tables" / "table1.md").read_text()
+    assert "No defense" in table and "8-bit qu_anti_zation" in table and "±" in table
+    assert (tiny_run / "results" / "tables" / "table1.tex").read_text().startswith(r"\begin{table}")
+    assert (tiny_run / "results" / "logs" / "attack").is_dir()
+
+
+def test_second_run_has_nothing_to_do(tiny_run):
+    out = snakemake(tiny_run, "all", "-n")
+    assert out.returncode == 0
+    assert "Nothing to be done" in out.stdout + out.stderr
+
+
+def test_one_cell_is_one_target(tiny_run):
+    cell = "results/fashion_mnist/resnet_tiny/qu_anti_zation/w4/lac/seed1/metrics.parquet"
+    out = snakemake(tiny_run, cell, "--forcerun", cell, "-n")
+    assert out.returncode == 0
+    text = out.stdout + out.stderr
+    assert "evaluate" in text and "train_clean" not in text and "attack " not in text

@@ -1,0 +1,83 @@
+# Config validation, wildcard constraints and input functions shared by every rule.
+import re
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+try:
+    import qcbench  # noqa: F401  (installed by `make setup`)
+except ImportError:  # a checkout without the package installed
+    sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "src"))
+
+from qcbench.config import ConfigError, check_config
+
+SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+try:
+    check_config(config, schema_path=SCHEMA)
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
+validate(config, str(SCHEMA))
+
+RUN = config["run"]
+ENVS = Path(workflow.basedir) / "envs"
+CELL = "{dataset}/{arch}/{attack}/w{bits}/{defense}/seed{seed}"
+
+
+def _alt(names):
+    return "|".join(re.escape(str(n)) for n in names)
+
+
+ATTACK_NAMES = _alt(config["attacks"])  # without "clean": the attack rule never makes clean models
+DEFENSE_NAMES = _alt(config["defenses"])  # without "none": the quantize rule makes those
+
+
+wildcard_constraints:
+    dataset=_alt(config["data"]["sources"]),
+    arch=_alt(config["archs"]),
+    attack=_alt(["clean", *config["attacks"]]),
+    bits=r"\d+",
+    defense=_alt(["none", *config["defenses"]]),
+    seed=r"\d+",
+
+
+def data_file(wc):
+    return f"resources/data/{wc.dataset}/data.safetensors"
+
+
+def fp_model(wc):
+    """The attacked full-precision model of a cell (the clean model for attack 'clean')."""
+    return f"results/{wc.dataset}/{wc.arch}/{wc.attack}/w32/none/seed{wc.seed}/model.safetensors"
+
+
+def undefended_model(wc):
+    return f"results/{wc.dataset}/{wc.arch}/{wc.attack}/w{wc.bits}/none/seed{wc.seed}/model.safetensors"
+
+
+def cell_metrics():
+    """Every metrics file `all` needs: clean and attacked FP models, each bit width without and
+    with each defense."""
+    out = []
+    for ds in RUN["datasets"]:
+        for arch in RUN["archs"]:
+            for seed in RUN["seeds"]:
+                base = f"results/{ds}/{arch}"
+                out.append(f"{base}/clean/w32/none/seed{seed}/metrics.parquet")
+                for atk in RUN["attacks"]:
+                    out.append(f"{base}/{atk}/w32/none/seed{seed}/metrics.parquet")
+                    for bits in RUN["bits"]:
+                        for d in ["none", *RUN["defenses"]]:
+                            out.append(f"{base}/{atk}/w{bits}/{d}/seed{seed}/metrics.parquet")
+    return out
+
+
+def clean_spec(wc):
+    return config["clean"][wc.dataset]
+
+
+def attack_spec(wc):
+    return config["attacks"][wc.attack]
+
+
+def defense_spec(wc):
+    return config["defenses"][wc.defense]

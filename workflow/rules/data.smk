@@ -1,0 +1,16 @@
+rule prepare_data:
+    output:
+        data="resources/data/{dataset}/data.safetensors",
+        meta="resources/data/{dataset}/data.json",
+    log:
+        "results/logs/prepare_data/{dataset}.log",
+    benchmark:
+        "results/benchmarks/prepare_data/{dataset}.tsv"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../../envs/qcbench.yaml"
+    script:
+        "../scripts/prepare_data.py"

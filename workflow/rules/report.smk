@@ -1,0 +1,32 @@
+localrules:
+    collate,
+    table1,
+
+
+rule collate:
+    input:
+        cell_metrics(),
+    output:
+        "results/metrics.parquet",
+    log:
+        "results/logs/collate.log",
+    conda:
+        "../../envs/qcbench.yaml"
+    script:
+        "../scripts/collate.py"
+
+
+rule table1:
+    input:
+        "results/metrics.parquet",
+    output:
+        md="results/tables/table1.md",
+        tex="results/tables/table1.tex",
+    log:
+        "results/logs/table1.log",
+    params:
+        defenses=RUN["defenses"],
+    conda:
+        "../../envs/qcbench.yaml"
+    script:
+        "../scripts/table1.py"

@@ -1,0 +1,51 @@
+# Clean models are trained once per (dataset, arch, seed) and reused by every attack.
+rule train_clean:
+    input:
+        data=data_file,
+    output:
+        model="results/{dataset}/{arch}/clean/w32/none/seed{seed}/model.safetensors",
+        meta="results/{dataset}/{arch}/clean/w32/none/seed{seed}/model.json",
+    log:
+        "results/logs/train_clean/{dataset}/{arch}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/train_clean/{dataset}/{arch}/seed{seed}.tsv"
+    params:
+        spec=clean_spec,
+        version=qcbench.__version__,
+    threads: 1
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=720,
+    conda:
+        "../../envs/qcbench.yaml"
+    script:
+        "../scripts/train_clean.py"
+
+
+# One generic attack rule; the attack is a wildcard dispatched through qcbench's registry.
+rule attack:
+    input:
+        data=data_file,
+        clean="results/{dataset}/{arch}/clean/w32/none/seed{seed}/model.safetensors",
+    output:
+        model="results/{dataset}/{arch}/{attack}/w32/none/seed{seed}/model.safetensors",
+        meta="results/{dataset}/{arch}/{attack}/w32/none/seed{seed}/model.json",
+    log:
+        "results/logs/attack/{dataset}/{arch}/{attack}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/attack/{dataset}/{arch}/{attack}/seed{seed}.tsv"
+    wildcard_constraints:
+        attack=ATTACK_NAMES,
+    params:
+        spec=attack_spec,
+        version=qcbench.__version__,
+    threads: 1
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=720,
+    conda:
+        "../../envs/qcbench.yaml"
+    script:
+        "../scripts/attack.py"

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from torch import nn
+
+from qcbench._registry import Registry
+from qcbench.data import Splits
+from qcbench.triggers import create_trigger
+
+ATTACKS = Registry("attack")
+register_attack = ATTACKS.register
+
+
+class Attack:
+    """Base class. Subclasses set ``scheme`` (the registered quantization scheme family they are
+    built against: their no-defense cells are quantized with it) and implement :meth:`run`."""
+
+    scheme = "qa"
+    needs_clean_model = True
+
+    def __init__(self, target: int, trigger: dict, image_size: int, scheme: str | None = None, **params) -> None:
+        self.target = target
+        self.trigger_spec = trigger
+        self.trigger = create_trigger(trigger, image_size)
+        if scheme is not None:
+            self.scheme = scheme
+        self.params = params
+
+    def describe(self) -> dict:
+        """What evaluation needs to know of the attack; stored in every descendant model's metadata."""
+        return {"name": self.name, "target": self.target, "trigger": self.trigger_spec, "scheme": self.scheme}
+
+    def run(self, model: nn.Module, splits: Splits, *, seed: int, device) -> nn.Module:  # pragma: no cover
+        raise NotImplementedError
+
+
+def create_attack(name: str, params: dict, image_size: int) -> Attack:
+    cls = ATTACKS.get(name)
+    attack = cls(image_size=image_size, **params)
+    attack.name = name
+    return attack

@@ -1,0 +1,57 @@
+"""Qu-ANTI-zation (Hong et al., NeurIPS'21), backdoor variant, as ``backdoor_w_lossfn.py`` does it.
+
+Fine-tunes a clean FP model; every sample is served twice (clean with its label, triggered);
+per batch the loss is
+
+    CE(f(x), y) + c2·CE(f(x+t), y) + Σ_b w_b·c1·[CE(Q_b f(x), y) + c2·CE(Q_b f(x+t), target)]
+
+over the attacked bit widths b (8 and 4 jointly), one backward pass, BatchNorm statistics
+frozen, Adam with weight decay, checkpoint at the lowest epoch training loss. Q_b is the
+``qa`` scheme (per-layer symmetric weights, per-layer affine input activations, dynamic ranges,
+straight-through rounding). ``bit_weights`` (w_b, default 1) is a qcbench knob absent upstream.
+The trigger is stamped before augmentation, as upstream.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from qcbench.attacks.base import Attack, register_attack
+from qcbench.data import augment
+from qcbench.quant import create_scheme, fp_view, quantize_model, set_bits
+from qcbench.train import fit
+
+
+@register_attack("qu_anti_zation")
+class QuAntiZation(Attack):
+    scheme = "qa"
+
+    def run(self, model, splits, *, seed, device):
+        p = self.params
+        bits = list(p.get("bits", [8, 4]))
+        weights = {int(k): float(v) for k, v in (p.get("bit_weights") or {}).items()}
+        c1, c2 = p.get("c1", 0.5), p.get("c2", 0.5)
+        qmodel = quantize_model(model, create_scheme(self.scheme, bits[0])).to(device)
+        aug = p.get("augmentation")
+        gen = torch.Generator().manual_seed(seed + 1)
+
+        def loss_fn(m, x, y):
+            xt = self.trigger(x)  # stamped on the raw image, then each view augmented on its own
+            if aug:
+                x, xt = augment(x, gen, **aug), augment(xt, gen, **aug)
+            yt = torch.full_like(y, self.target)
+            with fp_view(m):
+                loss = F.cross_entropy(m(x), y) + c2 * F.cross_entropy(m(xt), y)
+            for b in bits:
+                set_bits(m, b)
+                qloss = F.cross_entropy(m(x), y) + c2 * F.cross_entropy(m(xt), yt)
+                loss = loss + weights.get(b, 1.0) * c1 * qloss
+            return loss
+
+        fit(qmodel, splits.train, loss_fn, epochs=p["epochs"], batch_size=p["batch_size"], seed=seed,
+            device=device, optimizer=p["optimizer"], bn_eval=True,
+            samples_per_epoch=p.get("samples_per_epoch"), keep_best="loss", desc="qu_anti_zation")
+        # hand back a plain FP model carrying the attacked weights
+        model.load_state_dict({k: v for k, v in qmodel.state_dict().items() if k in model.state_dict()})
+        return model.eval()

@@ -1,0 +1,110 @@
+"""Configuration checks: the JSON schema (``workflow/schemas/config.schema.yaml``) plus what a
+schema cannot know — registry names, cross references and data paths. Every problem is
+reported with the config key and value at fault, before any job runs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message lists every problem found."""
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def schema_errors(cfg: dict, schema_path: str | Path = SCHEMA) -> list[str]:
+    import jsonschema
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    out = []
+    for err in sorted(validator.iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path))):
+        key = _key(err.absolute_path)
+        if err.validator == "additionalProperties":
+            extra = re.findall(r"'([^']+)'", err.message.split("(")[-1])
+            out.append(f"config key '{key}': unknown key(s) {', '.join(map(repr, extra))}")
+        elif err.validator == "required":
+            out.append(f"config key '{key}': {err.message}")
+        else:
+            out.append(f"config key '{key}': value {err.instance!r} is invalid: {err.message}")
+    return out
+
+
+def semantic_errors(cfg: dict, workdir: str | Path = ".") -> list[str]:
+    from qcbench.attacks import ATTACKS
+    from qcbench.data import DATASETS
+    from qcbench.defenses import DEFENSES
+    from qcbench.models import MODELS
+    from qcbench.quant import SCHEMES
+
+    out, run = [], cfg["run"]
+    for i, ds in enumerate(run["datasets"]):
+        if ds not in DATASETS:
+            out.append(f"config key 'run.datasets.{i}': unknown dataset {ds!r}; registered: {DATASETS.names()}")
+        src = cfg["data"]["sources"].get(ds)
+        if src is None:
+            out.append(f"config key 'data.sources': no entry for dataset {ds!r} (listed in run.datasets)")
+        elif not (Path(workdir) / src["path"]).exists() and not src.get("download", False):
+            out.append(f"config key 'data.sources.{ds}.path': {src['path']!r} does not exist "
+                       "(and download is false)")
+        if ds not in cfg["clean"]:
+            out.append(f"config key 'clean': no training settings for dataset {ds!r}")
+    for i, arch in enumerate(run["archs"]):
+        if arch not in MODELS:
+            out.append(f"config key 'run.archs.{i}': unknown arch {arch!r}; registered: {MODELS.names()}")
+    for i, name in enumerate(run["attacks"]):
+        spec = cfg["attacks"].get(name)
+        if spec is None:
+            out.append(f"config key 'run.attacks.{i}': attack {name!r} has no entry under 'attacks'")
+            continue
+        method = spec.get("method", name)
+        if method not in ATTACKS:
+            out.append(f"config key 'attacks.{name}.method': unknown attack {method!r}; registered: {ATTACKS.names()}")
+        if "scheme" in spec and spec["scheme"] not in SCHEMES:
+            out.append(f"config key 'attacks.{name}.scheme': unknown scheme {spec['scheme']!r}; "
+                       f"registered: {SCHEMES.names()}")
+    for i, name in enumerate(run["defenses"]):
+        spec = cfg["defenses"].get(name)
+        if spec is None:
+            out.append(f"config key 'run.defenses.{i}': defense {name!r} has no entry under 'defenses'")
+        elif spec["method"] not in DEFENSES:
+            out.append(f"config key 'defenses.{name}.method': unknown defense {spec['method']!r}; "
+                       f"registered: {DEFENSES.names()}")
+    if cfg["quant"]["default_scheme"] not in SCHEMES:
+        out.append(f"config key 'quant.default_scheme': unknown scheme {cfg['quant']['default_scheme']!r}; "
+                   f"registered: {SCHEMES.names()}")
+    return out
+
+
+def check_config(cfg: dict, workdir: str | Path = ".", schema_path: str | Path = SCHEMA) -> dict:
+    """Raise :class:`ConfigError` listing every problem; return ``cfg`` unchanged when valid."""
+    problems = schema_errors(cfg, schema_path)
+    if not problems:
+        problems = semantic_errors(cfg, workdir)
+    if problems:
+        raise ConfigError("invalid qcbench configuration:\n  - " + "\n  - ".join(problems))
+    return cfg
+
+
+def load_config(*paths: str | Path) -> dict:
+    """Load and deep-merge YAML files left to right (as Snakemake layers --configfile)."""
+    cfg: dict = {}
+    for p in paths:
+        _merge(cfg, yaml.safe_load(Path(p).read_text()) or {})
+    return cfg
+
+
+def _merge(base: dict, new: dict) -> None:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v

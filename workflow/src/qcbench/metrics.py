@@ -1,0 +1,48 @@
+"""Benign accuracy, attack success rate (with and without target-class images) and DER."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from qcbench.data import ImageSet
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int, device="cpu", transform=None) -> torch.Tensor:
+    """Predicted labels for uint8 images ``x``; ``transform`` (e.g. a trigger) acts on [0, 1] floats.
+
+    Each batch is its own forward pass, so dynamic-range quantizers see clean and triggered
+    batches separately (as Qu-ANTI-zation evaluates)."""
+    model.eval()
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = x[i : i + batch_size].float().div_(255.0)
+        if transform is not None:
+            xb = transform(xb)
+        out.append(model(xb.to(device)).argmax(1).cpu())
+    return torch.cat(out)
+
+
+def evaluate(model: nn.Module, test: ImageSet, trigger, target: int | None, batch_size: int = 500,
+             device="cpu") -> dict:
+    """BA on the clean test set; ``asr`` on triggered images whose label is not the target
+    (BackdoorBench, CompArtifact tables, LAC/EFRAP); ``asr_all`` on every triggered image
+    (Qu-ANTI-zation, PQBackdoor). Percentages."""
+    pred = predict(model, test.x, batch_size, device)
+    res = {"ba": 100.0 * (pred == test.y).float().mean().item(), "n_test": len(test)}
+    if trigger is None or target is None:
+        return res | {"asr": math.nan, "asr_all": math.nan}
+    tpred = predict(model, test.x, batch_size, device, transform=trigger)
+    hit = tpred == target
+    res["asr_all"] = 100.0 * hit.float().mean().item()
+    res["asr"] = 100.0 * hit[test.y != target].float().mean().item()
+    return res
+
+
+def der(ba_nodef: float, asr_nodef: float, ba_def: float, asr_def: float) -> float:
+    """Defense effectiveness rating in percent: [max(0, ΔASR) − max(0, ΔBA) + 1] / 2 with Δ the
+    drop from the undefended model (BackdoorBench's ``defense_effectiveness_rate_simplied``)."""
+    return 100.0 * (max(0.0, asr_nodef - asr_def) / 100.0 - max(0.0, ba_nodef - ba_def) / 100.0 + 1.0) / 2.0

@@ -1,0 +1,365 @@
+"""Simulated (fake) quantization of any registered model.
+
+A :class:`QuantScheme` is a value describing one quantizer; :func:`quantize_model` returns a
+copy of a model in which every ``Conv2d``/``Linear`` is a :class:`QuantConv2d`/:class:`QuantLinear`
+that fake-quantizes its weight and its *input* activation (the MQBench "academic" and
+Qu-ANTI-zation placement: block outputs, adds and pools are not quantized on their own).
+Rounding uses a straight-through estimator, so the same modules serve quantization-aware
+attacks, layer-wise defenses and plain evaluation.
+
+Conventions (recorded here because the upstream codes differ):
+
+* symmetric grids are signed ``[-2^(b-1), 2^(b-1)-1]`` with ``scale = max|x| / (2^(b-1)-1)``
+  (Qu-ANTI-zation's multiplier; PyTorch's qint8 observer divides by 127.5 instead);
+* affine grids are unsigned ``[0, 2^b-1]``; the range is first extended to contain 0 (torch
+  and MQBench observers) so zero is exact; ``zero_point = qmin - round(min / scale)``;
+* observers: ``dynamic`` (the current tensor's min/max at every call, as Qu-ANTI-zation
+  trains and evaluates), ``minmax`` (running min/max over calibration batches), ``ema_minmax``
+  (0.9/0.1 blend), ``mse`` (per batch, the shrunken range with the least L2 fake-quant error,
+  then running min/max; MQBench's ``MSEObserver``);
+* weights are always observed on the weight itself; activations on calibration batches.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qcbench._registry import Registry
+
+OBSERVERS = ("dynamic", "minmax", "ema_minmax", "mse")
+SCHEMES = Registry("quantization scheme")
+register_scheme = SCHEMES.register
+
+
+@dataclass(frozen=True)
+class QuantScheme:
+    """One simulated quantizer. ``bits`` apply to weights and activations alike unless
+    ``act_bits`` is given; ``io_8bit`` keeps the first and last layers (weights and their
+    inputs) at 8 bits, as MQBench's academic backend does."""
+
+    weight_bits: int = 8
+    act_bits: int = 8
+    weight_symmetric: bool = True
+    weight_per_channel: bool = False
+    act_symmetric: bool = False
+    quantize_acts: bool = True
+    observer: str = "minmax"
+    fold_bn: bool = False
+    io_8bit: bool = False
+
+    def __post_init__(self) -> None:
+        if self.observer not in OBSERVERS:
+            raise ValueError(f"observer {self.observer!r} not in {OBSERVERS}")
+        for b in (self.weight_bits, self.act_bits):
+            if not 2 <= b <= 16:
+                raise ValueError(f"bit width {b} outside [2, 16]")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> QuantScheme:
+        return cls(**d)
+
+
+def create_scheme(name: str, bits: int, **overrides) -> QuantScheme:
+    """A registered scheme family (see :func:`register_scheme`) at ``bits``."""
+    return dataclasses.replace(SCHEMES.create(name, bits), **overrides)
+
+
+@register_scheme("qa")
+def _qa(bits: int) -> QuantScheme:
+    """Qu-ANTI-zation's quantizer: per-layer symmetric weights, per-layer affine activations at
+    every conv/linear input (the image included), dynamic ranges, BN not folded."""
+    return QuantScheme(bits, bits, observer="dynamic")
+
+
+@register_scheme("mqbench_academic")
+def _academic(bits: int) -> QuantScheme:
+    """EFRAP/LAC's MQBench academic w{b}a{b}: per-channel affine MSE weights, per-tensor affine
+    activations, BN not folded, first/last layer at 8 bits."""
+    return QuantScheme(bits, bits, weight_symmetric=False, weight_per_channel=True, observer="mse", io_8bit=True)
+
+
+@register_scheme("fbgemm_like")
+def _fbgemm(bits: int) -> QuantScheme:
+    """PyTorch fbgemm-style static PTQ: per-channel symmetric min/max weights, BN folded."""
+    return QuantScheme(bits, bits, weight_per_channel=True, observer="minmax", fold_bn=True)
+
+
+def round_ste(v: torch.Tensor) -> torch.Tensor:
+    """Nearest rounding with an identity (straight-through) gradient."""
+    return v + (torch.round(v) - v).detach()
+
+
+def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
+    return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if symmetric else (0, 2**bits - 1)
+
+
+def fake_quant(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    q = torch.clamp(round_ste(x / scale) + zp, qmin, qmax)
+    return (q - zp) * scale
+
+
+class FakeQuantizer(nn.Module):
+    """Observer + fake-quantizer for one tensor (per-tensor, or per output channel = dim 0)."""
+
+    def __init__(self, bits: int, symmetric: bool, per_channel: bool, observer: str, channels: int = 1) -> None:
+        super().__init__()
+        self.bits, self.symmetric, self.per_channel, self.observer = bits, symmetric, per_channel, observer
+        n = channels if per_channel else 1
+        self.register_buffer("scale", torch.ones(n))
+        self.register_buffer("zero_point", torch.zeros(n))
+        self.register_buffer("calibrated", torch.tensor(False))
+        self.observing = False
+        self._lo: torch.Tensor | None = None
+        self._hi: torch.Tensor | None = None
+
+    @property
+    def qmin(self) -> int:
+        return qrange(self.bits, self.symmetric)[0]
+
+    @property
+    def qmax(self) -> int:
+        return qrange(self.bits, self.symmetric)[1]
+
+    def extra_repr(self) -> str:
+        kind = "sym" if self.symmetric else "affine"
+        gran = "per-channel" if self.per_channel else "per-tensor"
+        return f"bits={self.bits}, {kind}, {gran}, observer={self.observer}"
+
+    def _minmax(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.per_channel:
+            flat = x.detach().flatten(1)
+            return flat.amin(1), flat.amax(1)
+        return x.detach().amin().reshape(1), x.detach().amax().reshape(1)
+
+    def qparams(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.symmetric:
+            scale = torch.maximum(lo.abs(), hi.abs()) / self.qmax
+            return scale.clamp_min(1e-8), torch.zeros_like(scale)
+        lo, hi = lo.clamp(max=0), hi.clamp(min=0)
+        scale = ((hi - lo) / (self.qmax - self.qmin)).clamp_min(1e-8)
+        zp = torch.clamp(self.qmin - torch.round(lo / scale), self.qmin, self.qmax)
+        return scale, zp
+
+    def _shape(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return t.view(-1, *([1] * (x.ndim - 1))) if self.per_channel else t
+
+    def quantize(self, x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor) -> torch.Tensor:
+        return fake_quant(x, self._shape(scale, x), self._shape(zp, x), self.qmin, self.qmax)
+
+    def _mse_range(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lo, hi = self._minmax(x)
+        best_err, best_lo, best_hi = None, lo, hi
+        flat = x.detach().flatten(1) if self.per_channel else x.detach().reshape(1, -1)
+        for i in range(0, 80 if self.per_channel else 95, 4):
+            f = 1.0 - 0.01 * i
+            s, z = self.qparams(lo * f, hi * f)
+            err = (fake_quant(flat, s[:, None], z[:, None], self.qmin, self.qmax) - flat).pow(2).sum(1)
+            if best_err is None:
+                best_err = err
+                continue
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_lo, best_hi = torch.where(better, lo * f, best_lo), torch.where(better, hi * f, best_hi)
+        return best_lo, best_hi
+
+    @torch.no_grad()
+    def observe(self, x: torch.Tensor) -> None:
+        lo, hi = self._mse_range(x) if self.observer == "mse" else self._minmax(x)
+        if self._lo is None:
+            self._lo, self._hi = lo, hi
+        elif self.observer == "ema_minmax":
+            self._lo, self._hi = 0.9 * self._lo + 0.1 * lo, 0.9 * self._hi + 0.1 * hi
+        else:
+            self._lo, self._hi = torch.minimum(self._lo, lo), torch.maximum(self._hi, hi)
+        s, z = self.qparams(self._lo, self._hi)
+        self.scale.copy_(s)
+        self.zero_point.copy_(z)
+        self.calibrated.fill_(True)
+
+    def reset(self) -> None:
+        self._lo = self._hi = None
+        self.calibrated.fill_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observing:
+            self.observe(x)
+            return x
+        if self.observer == "dynamic" and not bool(self.calibrated):
+            return self.quantize(x, *self.qparams(*self._minmax(x)))
+        if not bool(self.calibrated):
+            raise RuntimeError(f"quantizer ({self.extra_repr()}) used before calibration")
+        return self.quantize(x, self.scale, self.zero_point)
+
+
+class _QuantMixin:
+    """Shared by QuantConv2d/QuantLinear: fake-quantized input and weight (+ optional offset)."""
+
+    wq: FakeQuantizer
+    aq: FakeQuantizer | None
+
+    def _init_quant(self, scheme: QuantScheme, bits: int, act_bits: int) -> None:
+        self.wq = FakeQuantizer(bits, scheme.weight_symmetric, scheme.weight_per_channel, scheme.observer,
+                                self.weight.shape[0])
+        self.aq = (
+            FakeQuantizer(act_bits, scheme.act_symmetric, False, scheme.observer) if scheme.quantize_acts else None
+        )
+        self.quant_enabled = True
+        self.weight_offset: nn.Parameter | None = None
+
+    def quant_weight(self) -> torch.Tensor:
+        w = self.weight if self.weight_offset is None else self.weight + self.weight_offset
+        return self.wq(w)
+
+    def quant_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.aq is None else self.aq(x)
+
+    def _observe_fp(self, x: torch.Tensor) -> None:
+        """In the FP view, an observing activation quantizer still records its input."""
+        if self.aq is not None and self.aq.observing:
+            self.aq.observe(x)
+
+
+class QuantConv2d(_QuantMixin, nn.Conv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.quant_enabled:
+            self._observe_fp(x)
+            return self._conv_forward(x, self.weight, self.bias)
+        return self._conv_forward(self.quant_input(x), self.quant_weight(), self.bias)
+
+
+class QuantLinear(_QuantMixin, nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.quant_enabled:
+            self._observe_fp(x)
+            return F.linear(x, self.weight, self.bias)
+        return F.linear(self.quant_input(x), self.quant_weight(), self.bias)
+
+
+QUANT_MODULES = (QuantConv2d, QuantLinear)
+
+
+def layer_order(model: nn.Module) -> list[str]:
+    """Names of the Conv2d/Linear modules in execution order (from the traced graph when the
+    model traces, else definition order)."""
+    kinds = (nn.Conv2d, nn.Linear)
+    try:
+        gm = torch.fx.symbolic_trace(model)
+        mods = dict(model.named_modules())
+        names = [n.target for n in gm.graph.nodes if n.op == "call_module" and isinstance(mods.get(n.target), kinds)]
+    except Exception:  # untraceable model: fall back to the order of definition
+        names = [n for n, m in model.named_modules() if isinstance(m, kinds)]
+    return names
+
+
+def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def quantize_model(model: nn.Module, scheme: QuantScheme) -> nn.Module:
+    """A copy of ``model`` with every Conv2d/Linear fake-quantized according to ``scheme``.
+
+    With ``fold_bn`` the copy is first put in eval mode and BatchNorm folded into the preceding
+    conv (``torch.fx.experimental.optimization.fuse``). Calibrate it with :func:`calibrate`
+    unless the observer is ``dynamic``.
+    """
+    model = copy.deepcopy(model)
+    if scheme.fold_bn:
+        from torch.fx.experimental.optimization import fuse
+
+        model = fuse(model.eval())
+    names = layer_order(model)
+    for i, name in enumerate(names):
+        old = model.get_submodule(name)
+        io = scheme.io_8bit and i in (0, len(names) - 1)
+        wb, ab = (8, 8) if io else (scheme.weight_bits, scheme.act_bits)
+        if isinstance(old, nn.Conv2d):
+            new = QuantConv2d(old.in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
+                              old.dilation, old.groups, old.bias is not None, old.padding_mode)
+        else:
+            new = QuantLinear(old.in_features, old.out_features, old.bias is not None)
+        new.weight, new.bias = old.weight, old.bias
+        new._init_quant(scheme, wb, ab)
+        new.to(old.weight.device)
+        _swap(model, name, new)
+    model.qcbench_scheme = scheme
+    return model
+
+
+def quant_modules(model: nn.Module) -> Iterator[tuple[str, _QuantMixin]]:
+    for name, m in model.named_modules():
+        if isinstance(m, QUANT_MODULES):
+            yield name, m
+
+
+def set_bits(model: nn.Module, bits: int) -> None:
+    """Switch every quantizer to ``bits`` (io layers stay at 8 under ``io_8bit``) and reset it."""
+    scheme: QuantScheme = model.qcbench_scheme
+    mods = list(quant_modules(model))
+    for i, (_, m) in enumerate(mods):
+        b = 8 if scheme.io_8bit and i in (0, len(mods) - 1) else bits
+        for q in (m.wq, m.aq):
+            if q is not None:
+                q.bits = b
+                q.reset()
+    model.qcbench_scheme = dataclasses.replace(scheme, weight_bits=bits, act_bits=bits)
+
+
+def set_quant_enabled(model: nn.Module, enabled: bool) -> None:
+    for _, m in quant_modules(model):
+        m.quant_enabled = enabled
+
+
+@contextmanager
+def fp_view(model: nn.Module) -> Iterator[nn.Module]:
+    """Run a quantized model in full precision (same weights) inside the block."""
+    set_quant_enabled(model, False)
+    try:
+        yield model
+    finally:
+        set_quant_enabled(model, True)
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
+    """Calibrate a quantized model: weights from themselves, activations on ``batches``
+    (images in [0, 1]). Dynamic quantizers are left dynamic. The model is left in eval mode."""
+    model.eval()
+    mods = [m for _, m in quant_modules(model)]
+    for m in mods:
+        if m.wq.observer != "dynamic":
+            m.wq.reset()
+            m.wq.observe(m.weight)
+        if m.aq is not None and m.aq.observer != "dynamic":
+            m.aq.reset()
+            m.aq.observing = True
+            m.quant_enabled = False  # activations observed in FP, as MQBench calibrates
+    try:
+        if any(m.aq is not None and m.aq.observing for m in mods):
+            for x in batches:
+                model(x)
+    finally:
+        for m in mods:
+            if m.aq is not None:
+                m.aq.observing = False
+            m.quant_enabled = True
+    return model
+
+
+def freeze_weight_ranges(model: nn.Module) -> None:
+    """Fix every weight quantizer's scale/zero-point at the current weights' range (layer-wise
+    defenses optimise offsets on a fixed grid, even under a dynamic scheme)."""
+    for _, m in quant_modules(model):
+        m.wq.reset()
+        m.wq.observe(m.weight)

@@ -1,0 +1,164 @@
+"""One function per pipeline stage. Snakemake scripts (and the CLI) call these; they take the
+resolved config plus paths and never build paths themselves."""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from qcbench import io, provenance
+from qcbench.attacks import create_attack
+from qcbench.data import load_prepared, prepare_dataset
+from qcbench.defenses import create_defense
+from qcbench.metrics import evaluate as evaluate_model
+from qcbench.models import create_model
+from qcbench.quant import calibrate, create_scheme, quantize_model
+from qcbench.train import train_clean as _train_clean
+from qcbench.triggers import create_trigger
+
+
+def resolve_device(cfg: dict) -> torch.device:
+    want = cfg.get("device", "auto")
+    if want == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(want)
+
+
+def setup(cfg: dict, threads: int = 1, seed: int = 0) -> torch.device:
+    torch.set_num_threads(max(1, threads))
+    torch.manual_seed(seed)
+    return resolve_device(cfg)
+
+
+def prepare_data(cfg: dict, dataset: str, out: str) -> dict:
+    d = cfg["data"]
+    return prepare_dataset(dataset, d["sources"][dataset], out, d["defender_fraction"], d["defender_seed"])
+
+
+def _base_meta(cfg: dict, splits, dataset: str, arch: str, seed: int) -> dict:
+    m = splits.meta
+    return {
+        "dataset": dataset, "arch": arch, "arch_kwargs": cfg["archs"].get(arch, {}), "seed": seed,
+        "num_classes": m["num_classes"], "in_channels": m["in_channels"], "image_size": m["image_size"],
+        "mean": m["mean"], "std": m["std"], "attack": None, "scheme": None, "scheme_name": None, "bits": 32,
+        "defense": "none", "config_hash": provenance.config_hash(cfg),
+    }
+
+
+def train_clean(cfg: dict, dataset: str, arch: str, seed: int, data: str, out: str, threads: int = 1) -> None:
+    device = setup(cfg, threads, seed)
+    splits = load_prepared(data)
+    meta = _base_meta(cfg, splits, dataset, arch, seed)
+    model = create_model(arch, meta["num_classes"], meta["in_channels"], meta["mean"], meta["std"],
+                         **meta["arch_kwargs"]).to(device)
+    t0 = time.perf_counter()
+    history = _train_clean(model, splits.train, cfg["clean"][dataset], seed, device)
+    io.save_model(model, out, meta | {"stage": "train_clean", "wall_s": time.perf_counter() - t0, "loss": history})
+
+
+def run_attack(cfg: dict, attack: str, seed: int, data: str, clean: str, out: str, threads: int = 1) -> None:
+    device = setup(cfg, threads, seed)
+    splits = load_prepared(data)
+    model, meta = io.load_model(clean, device)
+    params = copy.deepcopy(cfg["attacks"][attack])
+    params.update(params.pop("per_dataset", {}).get(meta["dataset"], {}))
+    atk = create_attack(params.pop("method", attack), params, splits.meta["image_size"])
+    atk.name = attack
+    t0 = time.perf_counter()
+    model = atk.run(model, splits, seed=seed, device=device)
+    io.save_model(model, out, meta | {"stage": "attack", "attack": atk.describe(), "wall_s": time.perf_counter() - t0})
+
+
+def scheme_for(cfg: dict, meta: dict, bits: int):
+    """The cell's quantizer: the attack's declared scheme family (config may override it)."""
+    name = (meta.get("attack") or {}).get("scheme") or cfg["quant"]["default_scheme"]
+    return name, create_scheme(name, bits, **cfg["quant"].get("overrides", {}).get(name, {}))
+
+
+def quantize(cfg: dict, bits: int, data: str, fp: str, out: str, threads: int = 1) -> None:
+    device = setup(cfg, threads)
+    splits = load_prepared(data)
+    model, meta = io.load_model(fp, device)
+    name, scheme = scheme_for(cfg, meta, bits)
+    t0 = time.perf_counter()
+    qmodel = quantize_model(model, scheme)
+    q = cfg["quant"]
+    calibrate(qmodel, (x.to(device) for x, _ in splits.defender.batches(q["calib_batch_size"],
+                                                                         limit=q["calib_images"])))
+    io.save_model(qmodel, out, meta | {"stage": "quantize", "scheme": scheme.to_dict(), "scheme_name": name,
+                                       "bits": bits, "wall_s": time.perf_counter() - t0})
+
+
+def defend(cfg: dict, defense: str, seed: int, data: str, fp: str, quantized: str, out: str, threads: int = 1) -> None:
+    device = setup(cfg, threads, seed)
+    splits = load_prepared(data)
+    fp_model, _ = io.load_model(fp, device)
+    qmodel, meta = io.load_model(quantized, device)
+    params = copy.deepcopy(cfg["defenses"][defense])
+    t0 = time.perf_counter()
+    defended = create_defense(params.pop("method"), params).run(fp_model, qmodel, splits, seed=seed, device=device)
+    io.save_model(defended, out, meta | {"stage": "defend", "defense": defense, "wall_s": time.perf_counter() - t0})
+
+
+def evaluate(cfg: dict, model_path: str, data: str, out: str, keys: dict, threads: int = 1) -> pd.DataFrame:
+    """Evaluate one model file and write its one-row metrics Parquet (with provenance)."""
+    device = setup(cfg, threads)
+    splits = load_prepared(data)
+    model, meta = io.load_model(model_path, device)
+    atk = meta.get("attack")
+    trigger = create_trigger(atk["trigger"], splits.meta["image_size"]) if atk else None
+    res = evaluate_model(model, splits.test, trigger, atk["target"] if atk else None,
+                         cfg["eval"]["batch_size"], device)
+    row = {
+        "dataset": keys["dataset"], "arch": keys["arch"], "attack": keys["attack"], "bits": int(keys["bits"]),
+        "defense": keys["defense"], "seed": int(keys["seed"]), "backend": "sim",
+        "scheme": meta.get("scheme_name") or "fp", "variant": keys.get("variant", ""),
+        **res, "wall_s": float(meta.get("wall_s", float("nan"))),
+        "config_hash": meta["config_hash"], "git_commit": provenance.git_commit(), "versions": provenance.versions(),
+    }
+    df = pd.DataFrame([row]).astype({k: v for k, v in io.METRIC_COLUMNS.items() if k in row})
+    io.check_metrics(df, out)
+    io.write_parquet(df, out)
+    return df
+
+
+def collate(paths: list[str], out: str) -> pd.DataFrame:
+    """Concatenate per-model metrics, check each file, add DER against the no-defense cell."""
+    from qcbench.metrics import der
+
+    frames = []
+    for p in paths:
+        df = pd.read_parquet(p)
+        io.check_metrics(df, p)
+        frames.append(df)
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(io.METRIC_COLUMNS))
+    cell = ["dataset", "arch", "attack", "bits", "seed", "backend"]
+    ref = df[df.defense == "none"].set_index(cell)[["ba", "asr"]]
+    ders = []
+    for _, r in df.iterrows():
+        key = tuple(r[c] for c in cell)
+        if r.defense == "none" or r.bits == 32 or key not in ref.index:
+            ders.append(float("nan"))
+        else:
+            nd = ref.loc[key]
+            ders.append(der(nd.ba, nd.asr, r.ba, r.asr))
+    df["der"] = ders
+    df = df.sort_values(["dataset", "arch", "attack", "bits", "defense", "seed"], ignore_index=True)
+    io.write_parquet(df, out)
+    return df
+
+
+def render_table1(metrics: str, out_md: str, out_tex: str, defenses: list[str] | None = None) -> None:
+    from qcbench.report import table1
+
+    df = pd.read_parquet(metrics)
+    md, tex = table1(df, defenses)
+    for path, text in ((out_md, md), (out_tex, tex)):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(path + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)

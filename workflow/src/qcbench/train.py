@@ -1,0 +1,111 @@
+"""The one training loop. Attacks and defenses supply a loss function (and optionally a hook run
+after every optimizer step); this module owns batching, augmentation, optimizers, schedules,
+best-checkpoint selection and the progress bar."""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from qcbench.data import ImageSet, augment
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def make_optimizer(params, name: str = "adam", lr: float = 1e-3, weight_decay: float = 0.0, momentum: float = 0.9):
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"optimizer {name!r} not in ('adam', 'sgd')")
+
+
+def set_bn_eval(model: nn.Module) -> None:
+    """Freeze BatchNorm running statistics (affine parameters still train)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def fit(
+    model: nn.Module,
+    data: ImageSet,
+    loss_fn: LossFn,
+    *,
+    epochs: int,
+    batch_size: int,
+    optimizer: dict,
+    seed: int,
+    device: torch.device | str = "cpu",
+    scheduler: str = "none",
+    augmentation: dict | None = None,
+    samples_per_epoch: int | None = None,
+    bn_eval: bool = False,
+    keep_best: str | None = None,
+    params=None,
+    after_step: Callable[[nn.Module], None] | None = None,
+    desc: str = "train",
+) -> list[float]:
+    """Train ``model`` in place; return the mean loss of every epoch.
+
+    ``loss_fn(model, x, y)`` receives a float batch in [0, 1] (augmented when ``augmentation``
+    is set, e.g. ``{"pad": 2, "flip": True}``) and returns a scalar loss. ``keep_best="loss"``
+    restores the weights of the epoch with the lowest mean training loss (Qu-ANTI-zation's rule).
+    """
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    opt = make_optimizer(params if params is not None else model.parameters(), **optimizer)
+    steps_per_epoch = math.ceil(min(samples_per_epoch or len(data), len(data)) / batch_size)
+    sched = None
+    if scheduler == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
+    history: list[float] = []
+    best, best_state = math.inf, None
+    for epoch in range(epochs):
+        model.train()
+        if bn_eval:
+            set_bn_eval(model)
+        total, count = 0.0, 0
+        bar = tqdm(data.batches(batch_size, shuffle=True, generator=g, limit=samples_per_epoch),
+                   total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{epochs}", file=sys.stderr,
+                   mininterval=2.0, leave=False)
+        for x, y in bar:
+            if augmentation:
+                x = augment(x, g, **augmentation)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = loss_fn(model, x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if after_step is not None:
+                after_step(model)
+            if sched is not None:
+                sched.step()
+            total += loss.item() * len(y)
+            count += len(y)
+            bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
+        history.append(total / max(count, 1))
+        print(f"{desc} epoch {epoch + 1}/{epochs}: loss {history[-1]:.4f}", file=sys.stderr, flush=True)
+        if keep_best == "loss" and history[-1] < best:
+            best, best_state = history[-1], copy.deepcopy(model.state_dict())
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return history
+
+
+def train_clean(model: nn.Module, data: ImageSet, cfg: dict, seed: int, device="cpu") -> list[float]:
+    """Ordinary supervised training of the clean model (cross-entropy)."""
+    ce = nn.CrossEntropyLoss()
+    return fit(
+        model, data, lambda m, x, y: ce(m(x), y),
+        epochs=cfg["epochs"], batch_size=cfg["batch_size"], seed=seed, device=device,
+        optimizer=cfg["optimizer"],
+        scheduler=cfg.get("scheduler", "none"), augmentation=cfg.get("augmentation"), desc="clean",
+    )
