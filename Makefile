@@ -32,11 +32,13 @@ test-fast: setup
 
 lint: setup
 	$(VENV)/bin/ruff check workflow tests
+	$(VENV)/bin/ruff format --check workflow tests
 	$(VENV)/bin/snakefmt --check Snakefile workflow/rules
 	$(SNAKEMAKE) --lint
 
 format: setup
 	$(VENV)/bin/ruff check --fix workflow tests
+	$(VENV)/bin/ruff format workflow tests
 	$(VENV)/bin/snakefmt Snakefile workflow/rules
 
 dryrun-paper: setup

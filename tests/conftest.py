@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from qcbench.data import load_prepared, prepare_dataset
 from qcbench.models import create_model
 

@@ -3,7 +3,6 @@ import subprocess
 import sys
 
 import pytest
-
 from qcbench.config import ConfigError, check_config, load_config, schema_errors
 
 from .conftest import ROOT
@@ -24,13 +23,18 @@ def test_shipped_configs_are_valid():
     "mutate,message",
     [
         (lambda c: c["eval"].update(bogus=1), r"config key 'eval': unknown key\(s\) 'bogus'"),
-        (lambda c: c["attacks"]["qu_anti_zation"].update(epochs="ten"), r"'attacks.qu_anti_zation.epochs': value 'ten'"),
+        (
+            lambda c: c["attacks"]["qu_anti_zation"].update(epochs="ten"),
+            r"'attacks.qu_anti_zation.epochs': value 'ten'",
+        ),
         (lambda c: c["run"].update(bits=[8, 64]), r"'run.bits.1': value 64"),
         (lambda c: c["run"].update(archs=["resnet9000"]), r"'run.archs.0': unknown arch 'resnet9000'"),
         (lambda c: c["run"].update(attacks=["badnetz"]), r"'run.attacks.0': attack 'badnetz' has no entry"),
         (lambda c: c["defenses"]["lac"].update(method="lack"), r"'defenses.lac.method': unknown defense 'lack'"),
-        (lambda c: c["data"]["sources"]["fashion_mnist"].update(path="/no/such/dir", download=False),
-         r"'data.sources.fashion_mnist.path': '/no/such/dir' does not exist"),
+        (
+            lambda c: c["data"]["sources"]["fashion_mnist"].update(path="/no/such/dir", download=False),
+            r"'data.sources.fashion_mnist.path': '/no/such/dir' does not exist",
+        ),
     ],
 )
 def test_bad_config_names_key_and_value(cfg, mutate, message):
@@ -44,9 +48,23 @@ def test_snakemake_stops_before_any_job_on_a_bad_config(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("eval: {batch_size: many}\n")
     out = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(ROOT / "Snakefile"), "--directory",
-         str(tmp_path), "--configfile", str(ROOT / "config" / "local.yaml"), str(bad)],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "--snakefile",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(ROOT / "config" / "local.yaml"),
+            str(bad),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
     assert out.returncode != 0
     assert "config key 'eval.batch_size': value 'many'" in out.stdout + out.stderr

@@ -3,7 +3,6 @@ import pickle
 import numpy as np
 import pytest
 import torch
-
 from qcbench.data import DataSourceError, augment, defender_indices, load_prepared, prepare_dataset
 from qcbench.triggers import create_trigger
 

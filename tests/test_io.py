@@ -3,16 +3,21 @@ import pickle
 
 import pytest
 import torch
-from safetensors.torch import save_file
-
 from qcbench import io
 from qcbench.quant import calibrate, create_scheme, quantize_model
+from safetensors.torch import save_file
 
 
 def _meta(splits):
     m = splits.meta
-    return {"arch": "resnet_tiny", "arch_kwargs": {"width": 4}, "num_classes": 10, "in_channels": 1,
-            "mean": m["mean"], "std": m["std"]}
+    return {
+        "arch": "resnet_tiny",
+        "arch_kwargs": {"width": 4},
+        "num_classes": 10,
+        "in_channels": 1,
+        "mean": m["mean"],
+        "std": m["std"],
+    }
 
 
 def test_quantized_model_round_trips_with_its_quantization_parameters(tmp_path, tiny_model, tiny_splits):

@@ -1,11 +1,10 @@
 import math
 
 import torch
-from torch import nn
-
 from qcbench.data import ImageSet
 from qcbench.metrics import der, evaluate
 from qcbench.triggers import create_trigger
+from torch import nn
 
 
 class LabelReader(nn.Module):

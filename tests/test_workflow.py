@@ -5,7 +5,6 @@ import sys
 
 import pandas as pd
 import pytest
-
 from qcbench.io import METRIC_COLUMNS
 
 from .conftest import ROOT, write_idx
@@ -14,9 +13,21 @@ pytestmark = pytest.mark.slow
 
 
 def snakemake(workdir, *args, timeout=900):
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(ROOT / "config" / "local.yaml"), str(ROOT / "tests" / "tiny" / "config.yaml"),
-           "--cores", "2", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(ROOT / "config" / "local.yaml"),
+        str(ROOT / "tests" / "tiny" / "config.yaml"),
+        "--cores",
+        "2",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 

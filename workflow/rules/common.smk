@@ -28,8 +28,12 @@ def _alt(names):
     return "|".join(re.escape(str(n)) for n in names)
 
 
-ATTACK_NAMES = _alt(config["attacks"])  # without "clean": the attack rule never makes clean models
-DEFENSE_NAMES = _alt(config["defenses"])  # without "none": the quantize rule makes those
+ATTACK_NAMES = _alt(
+    config["attacks"]
+)  # without "clean": the attack rule never makes clean models
+DEFENSE_NAMES = _alt(
+    config["defenses"]
+)  # without "none": the quantize rule makes those
 
 
 wildcard_constraints:
@@ -67,7 +71,9 @@ def cell_metrics():
                     out.append(f"{base}/{atk}/w32/none/seed{seed}/metrics.parquet")
                     for bits in RUN["bits"]:
                         for d in ["none", *RUN["defenses"]]:
-                            out.append(f"{base}/{atk}/w{bits}/{d}/seed{seed}/metrics.parquet")
+                            out.append(
+                                f"{base}/{atk}/w{bits}/{d}/seed{seed}/metrics.parquet"
+                            )
     return out
 
 

@@ -6,11 +6,11 @@ rule prepare_data:
         "results/logs/prepare_data/{dataset}.log",
     benchmark:
         "results/benchmarks/prepare_data/{dataset}.tsv"
+    conda:
+        "../../envs/qcbench.yaml"
     threads: 1
     resources:
         mem_mb=8000,
         runtime=60,
-    conda:
-        "../../envs/qcbench.yaml"
     script:
         "../scripts/prepare_data.py"

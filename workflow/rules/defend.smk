@@ -14,15 +14,15 @@ rule defend:
     wildcard_constraints:
         bits=r"(?!32$)\d+",
         defense=DEFENSE_NAMES,
-    params:
-        spec=defense_spec,
-        version=qcbench.__version__,
+    conda:
+        "../../envs/qcbench.yaml"
     threads: 1
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=720,
-    conda:
-        "../../envs/qcbench.yaml"
+    params:
+        spec=defense_spec,
+        version=qcbench.__version__,
     script:
         "../scripts/defend.py"

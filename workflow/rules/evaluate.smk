@@ -7,13 +7,13 @@ rule evaluate:
         metrics=f"results/{CELL}/metrics.parquet",
     log:
         f"results/logs/evaluate/{CELL}.log",
-    params:
-        eval=config["eval"],
+    conda:
+        "../../envs/qcbench.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../../envs/qcbench.yaml"
+    params:
+        eval=config["eval"],
     script:
         "../scripts/evaluate.py"

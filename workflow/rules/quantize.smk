@@ -10,14 +10,14 @@ rule quantize:
         "results/logs/quantize/{dataset}/{arch}/{attack}/w{bits}/seed{seed}.log",
     wildcard_constraints:
         bits=r"(?!32$)\d+",
-    params:
-        quant=config["quant"],
-        version=qcbench.__version__,
+    conda:
+        "../../envs/qcbench.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../../envs/qcbench.yaml"
+    params:
+        quant=config["quant"],
+        version=qcbench.__version__,
     script:
         "../scripts/quantize.py"

@@ -24,9 +24,9 @@ rule table1:
         tex="results/tables/table1.tex",
     log:
         "results/logs/table1.log",
-    params:
-        defenses=RUN["defenses"],
     conda:
         "../../envs/qcbench.yaml"
+    params:
+        defenses=RUN["defenses"],
     script:
         "../scripts/table1.py"

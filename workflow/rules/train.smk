@@ -9,16 +9,16 @@ rule train_clean:
         "results/logs/train_clean/{dataset}/{arch}/seed{seed}.log",
     benchmark:
         "results/benchmarks/train_clean/{dataset}/{arch}/seed{seed}.tsv"
-    params:
-        spec=clean_spec,
-        version=qcbench.__version__,
+    conda:
+        "../../envs/qcbench.yaml"
     threads: 1
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=720,
-    conda:
-        "../../envs/qcbench.yaml"
+    params:
+        spec=clean_spec,
+        version=qcbench.__version__,
     script:
         "../scripts/train_clean.py"
 
@@ -37,15 +37,15 @@ rule attack:
         "results/benchmarks/attack/{dataset}/{arch}/{attack}/seed{seed}.tsv"
     wildcard_constraints:
         attack=ATTACK_NAMES,
-    params:
-        spec=attack_spec,
-        version=qcbench.__version__,
+    conda:
+        "../../envs/qcbench.yaml"
     threads: 1
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=720,
-    conda:
-        "../../envs/qcbench.yaml"
+    params:
+        spec=attack_spec,
+        version=qcbench.__version__,
     script:
         "../scripts/attack.py"

@@ -5,5 +5,6 @@ from qcbench import stages  # noqa: E402
 
 sm = snakemake  # noqa: F821
 w = sm.wildcards
-stages.defend(sm.config, w.defense, int(w.seed), sm.input.data, sm.input.fp, sm.input.quantized, sm.output.model,
-              sm.threads)
+stages.defend(
+    sm.config, w.defense, int(w.seed), sm.input.data, sm.input.fp, sm.input.quantized, sm.output.model, sm.threads
+)

@@ -53,8 +53,7 @@ def semantic_errors(cfg: dict, workdir: str | Path = ".") -> list[str]:
         if src is None:
             out.append(f"config key 'data.sources': no entry for dataset {ds!r} (listed in run.datasets)")
         elif not (Path(workdir) / src["path"]).exists() and not src.get("download", False):
-            out.append(f"config key 'data.sources.{ds}.path': {src['path']!r} does not exist "
-                       "(and download is false)")
+            out.append(f"config key 'data.sources.{ds}.path': {src['path']!r} does not exist (and download is false)")
         if ds not in cfg["clean"]:
             out.append(f"config key 'clean': no training settings for dataset {ds!r}")
     for i, arch in enumerate(run["archs"]):
@@ -69,18 +68,23 @@ def semantic_errors(cfg: dict, workdir: str | Path = ".") -> list[str]:
         if method not in ATTACKS:
             out.append(f"config key 'attacks.{name}.method': unknown attack {method!r}; registered: {ATTACKS.names()}")
         if "scheme" in spec and spec["scheme"] not in SCHEMES:
-            out.append(f"config key 'attacks.{name}.scheme': unknown scheme {spec['scheme']!r}; "
-                       f"registered: {SCHEMES.names()}")
+            out.append(
+                f"config key 'attacks.{name}.scheme': unknown scheme {spec['scheme']!r}; registered: {SCHEMES.names()}"
+            )
     for i, name in enumerate(run["defenses"]):
         spec = cfg["defenses"].get(name)
         if spec is None:
             out.append(f"config key 'run.defenses.{i}': defense {name!r} has no entry under 'defenses'")
         elif spec["method"] not in DEFENSES:
-            out.append(f"config key 'defenses.{name}.method': unknown defense {spec['method']!r}; "
-                       f"registered: {DEFENSES.names()}")
+            out.append(
+                f"config key 'defenses.{name}.method': unknown defense {spec['method']!r}; "
+                f"registered: {DEFENSES.names()}"
+            )
     if cfg["quant"]["default_scheme"] not in SCHEMES:
-        out.append(f"config key 'quant.default_scheme': unknown scheme {cfg['quant']['default_scheme']!r}; "
-                   f"registered: {SCHEMES.names()}")
+        out.append(
+            f"config key 'quant.default_scheme': unknown scheme {cfg['quant']['default_scheme']!r}; "
+            f"registered: {SCHEMES.names()}"
+        )
     return out
 
 

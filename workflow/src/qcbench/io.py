@@ -93,8 +93,9 @@ def build_model(meta: dict) -> nn.Module:
     from qcbench.models import create_model
     from qcbench.quant import QuantScheme, quantize_model
 
-    model = create_model(meta["arch"], meta["num_classes"], meta["in_channels"], meta["mean"], meta["std"],
-                         **meta.get("arch_kwargs", {}))
+    model = create_model(
+        meta["arch"], meta["num_classes"], meta["in_channels"], meta["mean"], meta["std"], **meta.get("arch_kwargs", {})
+    )
     if meta.get("scheme"):
         model = quantize_model(model, QuantScheme.from_dict(meta["scheme"]))
     return model
@@ -113,7 +114,9 @@ def load_state(path: str | Path, model: nn.Module) -> nn.Module:
         raise ModelFileError(f"{path}: tensors missing {missing[:5]} / unexpected {extra[:5]} for this architecture")
     for k, v in state.items():
         if own[k].shape != v.shape:
-            raise ModelFileError(f"{path}: tensor {k!r} has shape {tuple(v.shape)}, model expects {tuple(own[k].shape)}")
+            raise ModelFileError(
+                f"{path}: tensor {k!r} has shape {tuple(v.shape)}, model expects {tuple(own[k].shape)}"
+            )
     model.load_state_dict(state)
     return model
 
@@ -135,10 +138,23 @@ def write_parquet(df: pd.DataFrame, path: str | Path) -> None:
 
 KEY_COLUMNS = ["dataset", "arch", "attack", "bits", "defense", "seed", "backend"]
 METRIC_COLUMNS = {
-    "dataset": "object", "arch": "object", "attack": "object", "bits": "int64", "defense": "object",
-    "seed": "int64", "backend": "object", "scheme": "object", "variant": "object",
-    "ba": "float64", "asr": "float64", "asr_all": "float64", "wall_s": "float64", "n_test": "int64",
-    "config_hash": "object", "git_commit": "object", "versions": "object",
+    "dataset": "object",
+    "arch": "object",
+    "attack": "object",
+    "bits": "int64",
+    "defense": "object",
+    "seed": "int64",
+    "backend": "object",
+    "scheme": "object",
+    "variant": "object",
+    "ba": "float64",
+    "asr": "float64",
+    "asr_all": "float64",
+    "wall_s": "float64",
+    "n_test": "int64",
+    "config_hash": "object",
+    "git_commit": "object",
+    "versions": "object",
 }
 
 

@@ -26,8 +26,9 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int, device="cpu", tr
     return torch.cat(out)
 
 
-def evaluate(model: nn.Module, test: ImageSet, trigger, target: int | None, batch_size: int = 500,
-             device="cpu") -> dict:
+def evaluate(
+    model: nn.Module, test: ImageSet, trigger, target: int | None, batch_size: int = 500, device="cpu"
+) -> dict:
     """BA on the clean test set; ``asr`` on triggered images whose label is not the target
     (BackdoorBench, CompArtifact tables, LAC/EFRAP); ``asr_all`` on every triggered image
     (Qu-ANTI-zation, PQBackdoor). Percentages."""

@@ -138,9 +138,9 @@ class FakeQuantizer(nn.Module):
 
     def _minmax(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.per_channel:
-            flat = x.detach().flatten(1)
-            return flat.amin(1), flat.amax(1)
-        return x.detach().amin().reshape(1), x.detach().amax().reshape(1)
+            return torch.aminmax(x.detach().flatten(1), dim=1)
+        lo, hi = torch.aminmax(x.detach())
+        return lo.reshape(1), hi.reshape(1)
 
     def qparams(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.symmetric:
@@ -155,7 +155,12 @@ class FakeQuantizer(nn.Module):
         return t.view(-1, *([1] * (x.ndim - 1))) if self.per_channel else t
 
     def quantize(self, x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor) -> torch.Tensor:
-        return fake_quant(x, self._shape(scale, x), self._shape(zp, x), self.qmin, self.qmax)
+        """Fake-quantize with torch's fused kernels (same rounding, clamp and straight-through
+        gradient as :func:`fake_quant`, which the tests compare against)."""
+        zp = zp.round().to(torch.int32)
+        if self.per_channel:
+            return torch.fake_quantize_per_channel_affine(x, scale.float(), zp, 0, self.qmin, self.qmax)
+        return torch.fake_quantize_per_tensor_affine(x, scale.float().reshape(()), zp.reshape(()), self.qmin, self.qmax)
 
     def _mse_range(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         lo, hi = self._minmax(x)
@@ -209,8 +214,9 @@ class _QuantMixin:
     aq: FakeQuantizer | None
 
     def _init_quant(self, scheme: QuantScheme, bits: int, act_bits: int) -> None:
-        self.wq = FakeQuantizer(bits, scheme.weight_symmetric, scheme.weight_per_channel, scheme.observer,
-                                self.weight.shape[0])
+        self.wq = FakeQuantizer(
+            bits, scheme.weight_symmetric, scheme.weight_per_channel, scheme.observer, self.weight.shape[0]
+        )
         self.aq = (
             FakeQuantizer(act_bits, scheme.act_symmetric, False, scheme.observer) if scheme.quantize_acts else None
         )
@@ -285,8 +291,17 @@ def quantize_model(model: nn.Module, scheme: QuantScheme) -> nn.Module:
         io = scheme.io_8bit and i in (0, len(names) - 1)
         wb, ab = (8, 8) if io else (scheme.weight_bits, scheme.act_bits)
         if isinstance(old, nn.Conv2d):
-            new = QuantConv2d(old.in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
-                              old.dilation, old.groups, old.bias is not None, old.padding_mode)
+            new = QuantConv2d(
+                old.in_channels,
+                old.out_channels,
+                old.kernel_size,
+                old.stride,
+                old.padding,
+                old.dilation,
+                old.groups,
+                old.bias is not None,
+                old.padding_mode,
+            )
         else:
             new = QuantLinear(old.in_features, old.out_features, old.bias is not None)
         new.weight, new.bias = old.weight, old.bias

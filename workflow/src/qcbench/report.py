@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pandas as pd
 
 PAPER_NAMES = {"none": "No defense", "lac": "LAC+PDA (ours)", "lac_only": "LAC", "efrap": "EFRAP"}
@@ -23,7 +22,9 @@ def _cell(group: pd.DataFrame | None, cols=("ba", "asr", "der")) -> str:
     return " / ".join(_fmt(group[c]) for c in cols)
 
 
-def _grid(df: pd.DataFrame, rows: list[str], columns: list[tuple], row_key: str, col_keys: tuple, cols) -> list[list[str]]:
+def _grid(
+    df: pd.DataFrame, rows: list[str], columns: list[tuple], row_key: str, col_keys: tuple, cols
+) -> list[list[str]]:
     out = []
     groups = {k: g for k, g in df.groupby([row_key, *col_keys])}
     for r in rows:
@@ -39,9 +40,15 @@ def _markdown(header: list[str], body: list[list[str]]) -> str:
 
 def _latex(header: list[str], body: list[list[str]], caption: str) -> str:
     esc = lambda s: s.replace("±", r"$\pm$").replace("_", r"\_").replace("–", "--")  # noqa: E731
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{esc(caption)}}}",
-             r"\begin{tabular}{l" + "c" * (len(header) - 1) + "}", r"\toprule", " & ".join(map(esc, header)) + r" \\",
-             r"\midrule"]
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\caption{{{esc(caption)}}}",
+        r"\begin{tabular}{l" + "c" * (len(header) - 1) + "}",
+        r"\toprule",
+        " & ".join(map(esc, header)) + r" \\",
+        r"\midrule",
+    ]
     lines += [" & ".join(map(esc, r)) + r" \\" for r in body]
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
     return "\n".join(lines)
@@ -61,14 +68,18 @@ def table1(df: pd.DataFrame, defenses: list[str] | None = None) -> tuple[str, st
         header = ["Defense"] + [f"{b}-bit {a}" for b, a in columns]
         body = _grid(q, rows, columns, "defense", ("bits", "attack"), ("ba", "asr", "der"))
         seeds = sorted(sub.seed.unique())
-        caption = (f"Table 1 ({dataset}, {arch}): BA / ASR / DER in %, mean ± std over seeds {seeds}. "
-                   "ASR excludes target-class images; DER against the no-defense quantized model.")
+        caption = (
+            f"Table 1 ({dataset}, {arch}): BA / ASR / DER in %, mean ± std over seeds {seeds}. "
+            "ASR excludes target-class images; DER against the no-defense quantized model."
+        )
         fp = sub[sub.bits == 32]
         fp_rows = sorted(fp.attack.unique(), key=lambda a: (a != "clean", a))
         fp_body = [[a] + [_fmt(fp[fp.attack == a][c]) for c in ("ba", "asr", "asr_all")] for a in fp_rows]
-        md_parts.append(f"**{caption}**\n\n{_markdown(header, body)}\n\n"
-                        f"Full-precision models ({dataset}, {arch}): BA / ASR / ASR incl. target class\n\n"
-                        + _markdown(["Model", "BA", "ASR", "ASR (all)"], fp_body))
+        md_parts.append(
+            f"**{caption}**\n\n{_markdown(header, body)}\n\n"
+            f"Full-precision models ({dataset}, {arch}): BA / ASR / ASR incl. target class\n\n"
+            + _markdown(["Model", "BA", "ASR", "ASR (all)"], fp_body)
+        )
         tex_parts.append(_latex(header, body, caption))
     if not md_parts:
         return "No metrics yet.\n", "% no metrics yet\n"

@@ -42,10 +42,21 @@ def prepare_data(cfg: dict, dataset: str, out: str) -> dict:
 def _base_meta(cfg: dict, splits, dataset: str, arch: str, seed: int) -> dict:
     m = splits.meta
     return {
-        "dataset": dataset, "arch": arch, "arch_kwargs": cfg["archs"].get(arch, {}), "seed": seed,
-        "num_classes": m["num_classes"], "in_channels": m["in_channels"], "image_size": m["image_size"],
-        "mean": m["mean"], "std": m["std"], "attack": None, "scheme": None, "scheme_name": None, "bits": 32,
-        "defense": "none", "config_hash": provenance.config_hash(cfg),
+        "dataset": dataset,
+        "arch": arch,
+        "arch_kwargs": cfg["archs"].get(arch, {}),
+        "seed": seed,
+        "num_classes": m["num_classes"],
+        "in_channels": m["in_channels"],
+        "image_size": m["image_size"],
+        "mean": m["mean"],
+        "std": m["std"],
+        "attack": None,
+        "scheme": None,
+        "scheme_name": None,
+        "bits": 32,
+        "defense": "none",
+        "config_hash": provenance.config_hash(cfg),
     }
 
 
@@ -53,8 +64,9 @@ def train_clean(cfg: dict, dataset: str, arch: str, seed: int, data: str, out: s
     device = setup(cfg, threads, seed)
     splits = load_prepared(data)
     meta = _base_meta(cfg, splits, dataset, arch, seed)
-    model = create_model(arch, meta["num_classes"], meta["in_channels"], meta["mean"], meta["std"],
-                         **meta["arch_kwargs"]).to(device)
+    model = create_model(
+        arch, meta["num_classes"], meta["in_channels"], meta["mean"], meta["std"], **meta["arch_kwargs"]
+    ).to(device)
     t0 = time.perf_counter()
     history = _train_clean(model, splits.train, cfg["clean"][dataset], seed, device)
     io.save_model(model, out, meta | {"stage": "train_clean", "wall_s": time.perf_counter() - t0, "loss": history})
@@ -87,10 +99,21 @@ def quantize(cfg: dict, bits: int, data: str, fp: str, out: str, threads: int = 
     t0 = time.perf_counter()
     qmodel = quantize_model(model, scheme)
     q = cfg["quant"]
-    calibrate(qmodel, (x.to(device) for x, _ in splits.defender.batches(q["calib_batch_size"],
-                                                                         limit=q["calib_images"])))
-    io.save_model(qmodel, out, meta | {"stage": "quantize", "scheme": scheme.to_dict(), "scheme_name": name,
-                                       "bits": bits, "wall_s": time.perf_counter() - t0})
+    calibrate(
+        qmodel, (x.to(device) for x, _ in splits.defender.batches(q["calib_batch_size"], limit=q["calib_images"]))
+    )
+    io.save_model(
+        qmodel,
+        out,
+        meta
+        | {
+            "stage": "quantize",
+            "scheme": scheme.to_dict(),
+            "scheme_name": name,
+            "bits": bits,
+            "wall_s": time.perf_counter() - t0,
+        },
+    )
 
 
 def defend(cfg: dict, defense: str, seed: int, data: str, fp: str, quantized: str, out: str, threads: int = 1) -> None:
@@ -111,14 +134,22 @@ def evaluate(cfg: dict, model_path: str, data: str, out: str, keys: dict, thread
     model, meta = io.load_model(model_path, device)
     atk = meta.get("attack")
     trigger = create_trigger(atk["trigger"], splits.meta["image_size"]) if atk else None
-    res = evaluate_model(model, splits.test, trigger, atk["target"] if atk else None,
-                         cfg["eval"]["batch_size"], device)
+    res = evaluate_model(model, splits.test, trigger, atk["target"] if atk else None, cfg["eval"]["batch_size"], device)
     row = {
-        "dataset": keys["dataset"], "arch": keys["arch"], "attack": keys["attack"], "bits": int(keys["bits"]),
-        "defense": keys["defense"], "seed": int(keys["seed"]), "backend": "sim",
-        "scheme": meta.get("scheme_name") or "fp", "variant": keys.get("variant", ""),
-        **res, "wall_s": float(meta.get("wall_s", float("nan"))),
-        "config_hash": meta["config_hash"], "git_commit": provenance.git_commit(), "versions": provenance.versions(),
+        "dataset": keys["dataset"],
+        "arch": keys["arch"],
+        "attack": keys["attack"],
+        "bits": int(keys["bits"]),
+        "defense": keys["defense"],
+        "seed": int(keys["seed"]),
+        "backend": "sim",
+        "scheme": meta.get("scheme_name") or "fp",
+        "variant": keys.get("variant", ""),
+        **res,
+        "wall_s": float(meta.get("wall_s", float("nan"))),
+        "config_hash": meta["config_hash"],
+        "git_commit": provenance.git_commit(),
+        "versions": provenance.versions(),
     }
     df = pd.DataFrame([row]).astype({k: v for k, v in io.METRIC_COLUMNS.items() if k in row})
     io.check_metrics(df, out)

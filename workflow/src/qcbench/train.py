@@ -72,9 +72,14 @@ def fit(
         if bn_eval:
             set_bn_eval(model)
         total, count = 0.0, 0
-        bar = tqdm(data.batches(batch_size, shuffle=True, generator=g, limit=samples_per_epoch),
-                   total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{epochs}", file=sys.stderr,
-                   mininterval=2.0, leave=False)
+        bar = tqdm(
+            data.batches(batch_size, shuffle=True, generator=g, limit=samples_per_epoch),
+            total=steps_per_epoch,
+            desc=f"{desc} {epoch + 1}/{epochs}",
+            file=sys.stderr,
+            mininterval=2.0,
+            leave=False,
+        )
         for x, y in bar:
             if augmentation:
                 x = augment(x, g, **augmentation)
@@ -104,8 +109,15 @@ def train_clean(model: nn.Module, data: ImageSet, cfg: dict, seed: int, device="
     """Ordinary supervised training of the clean model (cross-entropy)."""
     ce = nn.CrossEntropyLoss()
     return fit(
-        model, data, lambda m, x, y: ce(m(x), y),
-        epochs=cfg["epochs"], batch_size=cfg["batch_size"], seed=seed, device=device,
+        model,
+        data,
+        lambda m, x, y: ce(m(x), y),
+        epochs=cfg["epochs"],
+        batch_size=cfg["batch_size"],
+        seed=seed,
+        device=device,
         optimizer=cfg["optimizer"],
-        scheduler=cfg.get("scheduler", "none"), augmentation=cfg.get("augmentation"), desc="clean",
+        scheduler=cfg.get("scheduler", "none"),
+        augmentation=cfg.get("augmentation"),
+        desc="clean",
     )

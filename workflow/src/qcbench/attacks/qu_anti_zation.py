@@ -41,17 +41,29 @@ class QuAntiZation(Attack):
             if aug:
                 x, xt = augment(x, gen, **aug), augment(xt, gen, **aug)
             yt = torch.full_like(y, self.target)
-            with fp_view(m):
-                loss = F.cross_entropy(m(x), y) + c2 * F.cross_entropy(m(xt), y)
+            with fp_view(m):  # BN is frozen, so one FP pass over both views is the same as two
+                logits = m(torch.cat([x, xt]))
+                loss = F.cross_entropy(logits[: len(y)], y) + c2 * F.cross_entropy(logits[len(y) :], y)
             for b in bits:
                 set_bits(m, b)
                 qloss = F.cross_entropy(m(x), y) + c2 * F.cross_entropy(m(xt), yt)
                 loss = loss + weights.get(b, 1.0) * c1 * qloss
             return loss
 
-        fit(qmodel, splits.train, loss_fn, epochs=p["epochs"], batch_size=p["batch_size"], seed=seed,
-            device=device, optimizer=p["optimizer"], bn_eval=True,
-            samples_per_epoch=p.get("samples_per_epoch"), keep_best="loss", desc="qu_anti_zation")
+        fit(
+            qmodel,
+            splits.train,
+            loss_fn,
+            epochs=p["epochs"],
+            batch_size=p["batch_size"],
+            seed=seed,
+            device=device,
+            optimizer=p["optimizer"],
+            bn_eval=True,
+            samples_per_epoch=p.get("samples_per_epoch"),
+            keep_best="loss",
+            desc="qu_anti_zation",
+        )
         # hand back a plain FP model carrying the attacked weights
         model.load_state_dict({k: v for k, v in qmodel.state_dict().items() if k in model.state_dict()})
         return model.eval()

@@ -15,8 +15,9 @@ class Defense:
     def __init__(self, **params) -> None:
         self.params = params
 
-    def run(self, fp_model: nn.Module, qmodel: nn.Module, splits: Splits, *, seed: int,
-            device) -> nn.Module:  # pragma: no cover
+    def run(
+        self, fp_model: nn.Module, qmodel: nn.Module, splits: Splits, *, seed: int, device
+    ) -> nn.Module:  # pragma: no cover
         raise NotImplementedError
 
 

@@ -69,16 +69,39 @@ def _unit_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 @register_defense("lac")
 class LAC(Defense):
-    def __init__(self, iterations=10000, lr=1e-3, batch_size=32, calib_batches=32, pda=True, pda_iterations=500,
-                 gamma=1e-3, pda_alpha=1e-3, early_stop=None) -> None:
-        super().__init__(iterations=iterations, lr=lr, batch_size=batch_size, calib_batches=calib_batches, pda=pda,
-                         pda_iterations=pda_iterations, gamma=gamma, pda_alpha=pda_alpha, early_stop=early_stop)
+    def __init__(
+        self,
+        iterations=10000,
+        lr=1e-3,
+        batch_size=32,
+        calib_batches=32,
+        pda=True,
+        pda_iterations=500,
+        gamma=1e-3,
+        pda_alpha=1e-3,
+        early_stop=None,
+    ) -> None:
+        super().__init__(
+            iterations=iterations,
+            lr=lr,
+            batch_size=batch_size,
+            calib_batches=calib_batches,
+            pda=pda,
+            pda_iterations=pda_iterations,
+            gamma=gamma,
+            pda_alpha=pda_alpha,
+            early_stop=early_stop,
+        )
 
     def run(self, fp_model, qmodel, splits, *, seed, device):
         p = self.params
         g = torch.Generator().manual_seed(seed)
-        calib = [x.to(device) for x, _ in splits.defender.batches(p["batch_size"], shuffle=True, generator=g,
-                                                                   limit=p["batch_size"] * p["calib_batches"])]
+        calib = [
+            x.to(device)
+            for x, _ in splits.defender.batches(
+                p["batch_size"], shuffle=True, generator=g, limit=p["batch_size"] * p["calib_batches"]
+            )
+        ]
         reference = copy.deepcopy(qmodel).eval()  # FP targets: same graph, quantization off
         qmodel = copy.deepcopy(qmodel).eval().requires_grad_(False)
         freeze_weight_ranges(qmodel)

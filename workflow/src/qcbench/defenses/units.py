@@ -56,7 +56,11 @@ def extract_units(model: nn.Module) -> list[Unit]:
         cur = node
         while len(cur.users) == 1:
             (nxt,) = cur.users
-            if nxt.op != "call_module" or not isinstance(mods[nxt.target], CHAIN_TYPES) or len(nxt.all_input_nodes) != 1:
+            if (
+                nxt.op != "call_module"
+                or not isinstance(mods[nxt.target], CHAIN_TYPES)
+                or len(nxt.all_input_nodes) != 1
+            ):
                 break
             unit.modules.append(nxt.target)
             if isinstance(mods[nxt.target], nn.modules.batchnorm._BatchNorm):
