@@ -4,7 +4,6 @@ import copy
 
 import pytest
 import torch
-
 from qcbench.attacks import create_attack
 from qcbench.defenses import create_defense
 from qcbench.defenses.lac import bn_stat_distance, pda
