@@ -5,19 +5,34 @@ PY := $(VENV)/bin/python
 CORES ?= 2
 SNAKEMAKE := $(VENV)/bin/snakemake
 
-.PHONY: setup system-packages run test test-fast lint format dryrun-paper clean
+.PHONY: setup system-packages slurm-conf profiles run test test-fast lint format dryrun-paper archive clean
 
-setup: system-packages $(VENV)/.installed
+setup: system-packages slurm-conf profiles $(VENV)/.installed
 
-# Debian packages: the real Fashion-MNIST (IDX files under /usr/share/datasets/fashion-mnist).
+# Debian packages: the real Fashion-MNIST (IDX files under /usr/share/datasets/fashion-mnist) and
+# a single-node SLURM cluster for tests/test_slurm.py (slurmctld, slurmd, slurm-client, munge).
+SYSTEM_PACKAGES := dataset-fashion-mnist slurmctld slurmd slurm-client munge
 system-packages:
-	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || { \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends dataset-fashion-mnist; }
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	[ -z "$$missing" ] || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; }
 
-$(VENV)/.installed: envs/requirements.txt pyproject.toml
+# /etc/slurm/slurm.conf for the localhost test cluster, only if absent (tests/slurm/slurm.conf.in).
+slurm-conf: system-packages
+	@tests/slurm/cluster.sh conf
+
+# Make `snakemake --profile slurm` (and `--profile slurm-local`) resolve: link the repository's
+# profiles into Snakemake's user config dir; a real (non-link) folder there is left alone.
+PROFILE_HOME ?= $${XDG_CONFIG_HOME:-$$HOME/.config}/snakemake
+profiles:
+	@mkdir -p "$(PROFILE_HOME)"; for p in slurm slurm-local; do \
+	  dst="$(PROFILE_HOME)/$$p"; \
+	  if [ -e "$$dst" ] && [ ! -L "$$dst" ]; then echo "profiles: $$dst exists and is not a link; left alone"; \
+	  else ln -sfn "$(CURDIR)/workflow/profiles/$$p" "$$dst"; fi; done
+
+$(VENV)/.installed: envs/requirements.txt envs/requirements.lock pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r envs/requirements.txt
+	$(PY) -m pip install -q -r envs/requirements.txt -c envs/requirements.lock
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
@@ -43,6 +58,11 @@ format: setup
 
 dryrun-paper: setup
 	$(SNAKEMAKE) -n --configfile config/config.yaml
+
+# Reviewer archive: results/MANIFEST.sha256 + results/archive/qcbench-<date>-<commit>.tar.gz
+# (workflow, configs, envs + lockfile, container/, paper reference, results); ARCHIVE_OUT=path overrides.
+archive:
+	python3 workflow/scripts/archive.py --root . $(if $(ARCHIVE_OUT),--out $(ARCHIVE_OUT))
 
 clean:
 	rm -rf results/* resources/data .snakemake

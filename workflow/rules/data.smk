@@ -8,6 +8,8 @@ rule prepare_data:
         "results/benchmarks/prepare_data/{dataset}.tsv"
     conda:
         "../../envs/qcbench.yaml"
+    container:
+        "container/qcbench.sif"
     threads: 1
     resources:
         mem_mb=8000,

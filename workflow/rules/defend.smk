@@ -16,6 +16,8 @@ rule defend:
         defense=DEFENSE_NAMES,
     conda:
         "../../envs/qcbench.yaml"
+    container:
+        "container/qcbench.sif"
     threads: 1
     resources:
         gpu=1,

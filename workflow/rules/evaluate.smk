@@ -9,6 +9,8 @@ rule evaluate:
         f"results/logs/evaluate/{CELL}.log",
     conda:
         "../../envs/qcbench.yaml"
+    container:
+        "container/qcbench.sif"
     threads: 1
     resources:
         mem_mb=4000,

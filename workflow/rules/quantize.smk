@@ -12,6 +12,8 @@ rule quantize:
         bits=r"(?!32$)\d+",
     conda:
         "../../envs/qcbench.yaml"
+    container:
+        "container/qcbench.sif"
     threads: 1
     resources:
         mem_mb=4000,

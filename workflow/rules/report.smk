@@ -12,6 +12,8 @@ rule collate:
         "results/logs/collate.log",
     conda:
         "../../envs/qcbench.yaml"
+    container:
+        "container/qcbench.sif"
     script:
         "../scripts/collate.py"
 
@@ -26,6 +28,8 @@ rule table1:
         "results/logs/table1.log",
     conda:
         "../../envs/qcbench.yaml"
+    container:
+        "container/qcbench.sif"
     params:
         defenses=RUN["defenses"],
     script:

@@ -11,6 +11,8 @@ rule train_clean:
         "results/benchmarks/train_clean/{dataset}/{arch}/seed{seed}.tsv"
     conda:
         "../../envs/qcbench.yaml"
+    container:
+        "container/qcbench.sif"
     threads: 1
     resources:
         gpu=1,
@@ -39,6 +41,8 @@ rule attack:
         attack=ATTACK_NAMES,
     conda:
         "../../envs/qcbench.yaml"
+    container:
+        "container/qcbench.sif"
     threads: 1
     resources:
         gpu=1,

@@ -44,6 +44,7 @@ def semantic_errors(cfg: dict, workdir: str | Path = ".") -> list[str]:
     from qcbench.defenses import DEFENSES
     from qcbench.models import MODELS
     from qcbench.quant import SCHEMES
+    from qcbench.triggers import create_trigger
 
     out, run = [], cfg["run"]
     for i, ds in enumerate(run["datasets"]):
@@ -67,6 +68,10 @@ def semantic_errors(cfg: dict, workdir: str | Path = ".") -> list[str]:
         method = spec.get("method", name)
         if method not in ATTACKS:
             out.append(f"config key 'attacks.{name}.method': unknown attack {method!r}; registered: {ATTACKS.names()}")
+        try:
+            create_trigger(spec["trigger"], 32)
+        except (TypeError, ValueError, KeyError) as err:
+            out.append(f"config key 'attacks.{name}.trigger': {spec['trigger']!r} is invalid: {err}")
         if "scheme" in spec and spec["scheme"] not in SCHEMES:
             out.append(
                 f"config key 'attacks.{name}.scheme': unknown scheme {spec['scheme']!r}; registered: {SCHEMES.names()}"

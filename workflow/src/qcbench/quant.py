@@ -10,7 +10,8 @@ attacks, layer-wise defenses and plain evaluation.
 Conventions (recorded here because the upstream codes differ):
 
 * symmetric grids are signed ``[-2^(b-1), 2^(b-1)-1]`` with ``scale = max|x| / (2^(b-1)-1)``
-  (Qu-ANTI-zation's multiplier; PyTorch's qint8 observer divides by 127.5 instead);
+  (``symmetric_range="qmax"``, Qu-ANTI-zation's multiplier) or ``max|x| / ((qmax-qmin)/2)``
+  (``"half"``: 127.5 at 8 bits, PyTorch's and MQBench's observers, PQBackdoor's locks);
 * affine grids are unsigned ``[0, 2^b-1]``; the range is first extended to contain 0 (torch
   and MQBench observers) so zero is exact; ``zero_point = qmin - round(min / scale)``;
 * observers: ``dynamic`` (the current tensor's min/max at every call, as Qu-ANTI-zation
@@ -54,10 +55,13 @@ class QuantScheme:
     observer: str = "minmax"
     fold_bn: bool = False
     io_8bit: bool = False
+    symmetric_range: str = "qmax"
 
     def __post_init__(self) -> None:
         if self.observer not in OBSERVERS:
             raise ValueError(f"observer {self.observer!r} not in {OBSERVERS}")
+        if self.symmetric_range not in ("qmax", "half"):
+            raise ValueError(f"symmetric_range {self.symmetric_range!r} not in ('qmax', 'half')")
         for b in (self.weight_bits, self.act_bits):
             if not 2 <= b <= 16:
                 raise ValueError(f"bit width {b} outside [2, 16]")
@@ -89,6 +93,13 @@ def _academic(bits: int) -> QuantScheme:
     return QuantScheme(bits, bits, weight_symmetric=False, weight_per_channel=True, observer="mse", io_8bit=True)
 
 
+@register_scheme("pq")
+def _pq(bits: int) -> QuantScheme:
+    """PQBackdoor's target (fbgemm deployment): per-channel symmetric min/max weights with
+    PyTorch's max/127.5 scale, BN not folded, per-tensor affine calibrated activations."""
+    return QuantScheme(bits, bits, weight_per_channel=True, observer="minmax", symmetric_range="half")
+
+
 @register_scheme("fbgemm_like")
 def _fbgemm(bits: int) -> QuantScheme:
     """PyTorch fbgemm-style static PTQ: per-channel symmetric min/max weights, BN folded."""
@@ -112,9 +123,18 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, qmin: int
 class FakeQuantizer(nn.Module):
     """Observer + fake-quantizer for one tensor (per-tensor, or per output channel = dim 0)."""
 
-    def __init__(self, bits: int, symmetric: bool, per_channel: bool, observer: str, channels: int = 1) -> None:
+    def __init__(
+        self,
+        bits: int,
+        symmetric: bool,
+        per_channel: bool,
+        observer: str,
+        channels: int = 1,
+        symmetric_range: str = "qmax",
+    ) -> None:
         super().__init__()
         self.bits, self.symmetric, self.per_channel, self.observer = bits, symmetric, per_channel, observer
+        self.symmetric_range = symmetric_range
         n = channels if per_channel else 1
         self.register_buffer("scale", torch.ones(n))
         self.register_buffer("zero_point", torch.zeros(n))
@@ -144,7 +164,8 @@ class FakeQuantizer(nn.Module):
 
     def qparams(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.symmetric:
-            scale = torch.maximum(lo.abs(), hi.abs()) / self.qmax
+            denom = self.qmax if self.symmetric_range == "qmax" else (self.qmax - self.qmin) / 2
+            scale = torch.maximum(lo.abs(), hi.abs()) / denom
             return scale.clamp_min(1e-8), torch.zeros_like(scale)
         lo, hi = lo.clamp(max=0), hi.clamp(min=0)
         scale = ((hi - lo) / (self.qmax - self.qmin)).clamp_min(1e-8)
@@ -215,7 +236,12 @@ class _QuantMixin:
 
     def _init_quant(self, scheme: QuantScheme, bits: int, act_bits: int) -> None:
         self.wq = FakeQuantizer(
-            bits, scheme.weight_symmetric, scheme.weight_per_channel, scheme.observer, self.weight.shape[0]
+            bits,
+            scheme.weight_symmetric,
+            scheme.weight_per_channel,
+            scheme.observer,
+            self.weight.shape[0],
+            scheme.symmetric_range,
         )
         self.aq = (
             FakeQuantizer(act_bits, scheme.act_symmetric, False, scheme.observer) if scheme.quantize_acts else None

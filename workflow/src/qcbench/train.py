@@ -47,6 +47,7 @@ def fit(
     augmentation: dict | None = None,
     samples_per_epoch: int | None = None,
     bn_eval: bool = False,
+    eval_mode: bool = False,
     keep_best: str | None = None,
     params=None,
     after_step: Callable[[nn.Module], None] | None = None,
@@ -55,7 +56,9 @@ def fit(
     """Train ``model`` in place; return the mean loss of every epoch.
 
     ``loss_fn(model, x, y)`` receives a float batch in [0, 1] (augmented when ``augmentation``
-    is set, e.g. ``{"pad": 2, "flip": True}``) and returns a scalar loss. ``keep_best="loss"``
+    is set, e.g. ``{"pad": 2, "flip": True}``) and returns a scalar loss. ``bn_eval`` freezes
+    BatchNorm statistics; ``eval_mode`` keeps the whole model in eval mode (BN and dropout
+    frozen, PQBackdoor's stage 2). ``keep_best="loss"``
     restores the weights of the epoch with the lowest mean training loss (Qu-ANTI-zation's rule).
     """
     g = torch.Generator().manual_seed(seed)
@@ -68,7 +71,7 @@ def fit(
     history: list[float] = []
     best, best_state = math.inf, None
     for epoch in range(epochs):
-        model.train()
+        model.train(not eval_mode)
         if bn_eval:
             set_bn_eval(model)
         total, count = 0.0, 0
@@ -119,5 +122,6 @@ def train_clean(model: nn.Module, data: ImageSet, cfg: dict, seed: int, device="
         optimizer=cfg["optimizer"],
         scheduler=cfg.get("scheduler", "none"),
         augmentation=cfg.get("augmentation"),
+        samples_per_epoch=cfg.get("samples_per_epoch"),
         desc="clean",
     )

@@ -1,0 +1,51 @@
+"""PQBackdoor's projection: whatever the step, every int code and every scale stays the same."""
+
+import pytest
+import torch
+from qcbench.attacks.pqbackdoor import code_lock, project, scale_lock
+from qcbench.quant import FakeQuantizer
+from torch import nn
+
+
+def _codes_and_scales(w: torch.Tensor, bits: int, per_channel: bool):
+    q = FakeQuantizer(bits, True, per_channel, "minmax", channels=w.shape[0], symmetric_range="half")
+    q.observe(w)
+    s = q._shape(q.scale, w)
+    return torch.round(q(w) / s), q.scale.clone()
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_projection_keeps_every_code_and_scale(seed):
+    g = torch.Generator().manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Flatten(), nn.LazyLinear(5))
+    model(torch.rand(2, 3, 6, 6))
+    base = {n: p.detach().clone() for n, p in model.named_parameters()}
+    scale = [0.001, 0.01, 0.1, 1.0][seed % 4]  # from sub-LSB nudges to steps far larger than the grid
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale * p.abs().max())
+    project(model, base, lock_bits=[8, 4])
+    for name, p in model.named_parameters():
+        if name.endswith("weight") and p.ndim > 1:
+            for bits in (8, 4):
+                for per_channel in (True, False):
+                    c0, s0 = _codes_and_scales(base[name], bits, per_channel)
+                    c1, s1 = _codes_and_scales(p.detach(), bits, per_channel)
+                    assert torch.equal(c0, c1), (name, bits, per_channel)
+                    assert torch.allclose(s0, s1, rtol=0, atol=0), (name, bits, per_channel)
+        else:  # BN affine parameters and biases are reset to their base values
+            assert torch.equal(p, base[name]), name
+    moved = sum((p - base[n]).abs().sum().item() for n, p in model.named_parameters())
+    assert moved > 0  # the FP weights do move inside the locked box
+
+
+def test_locks_move_toward_the_base_only():
+    base = torch.tensor([[1.0, -0.5, 0.2, 0.0]])
+    w = torch.tensor([[3.0, 0.5, 0.21, -0.001]])
+    locked = code_lock(scale_lock(w, base, True), base, 8, True)
+    assert (locked - base).abs().max() <= 0.5 * 1.0 / 127.5 + 1e-7
+    assert (locked - base).abs().le((w - base).abs()).all()
+    layer = nn.Linear(4, 1, bias=False)
+    layer.weight.data = w.clone()
+    project(layer, {"weight": base}, lock_bits=[8])
+    assert layer.weight[0, 0] == 1.0  # the max keeps its exact base value: the scale cannot change
