@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -98,6 +98,13 @@ def _pq(bits: int) -> QuantScheme:
     """PQBackdoor's target (fbgemm deployment): per-channel symmetric min/max weights with
     PyTorch's max/127.5 scale, BN not folded, per-tensor affine calibrated activations."""
     return QuantScheme(bits, bits, weight_per_channel=True, observer="minmax", symmetric_range="half")
+
+
+@register_scheme("ca")
+def _ca(bits: int) -> QuantScheme:
+    """CompArtifact's deployment (PyTorch PTQ after fusion): per-tensor symmetric min/max
+    weights (max/127.5) on BN-folded weights, per-tensor affine calibrated activations."""
+    return QuantScheme(bits, bits, observer="minmax", fold_bn=True, symmetric_range="half")
 
 
 @register_scheme("fbgemm_like")
@@ -248,6 +255,28 @@ class _QuantMixin:
         )
         self.quant_enabled = True
         self.weight_offset: nn.Parameter | None = None
+        self.dual = False
+        self.fold_k: Callable[[], torch.Tensor] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.quant_enabled:
+            self._observe_fp(x)
+            return self._op(x, self.weight)
+        if self.dual:  # CompArtifact: first half of the batch quantized, second half FP
+            xq, xf = x.chunk(2)
+            return torch.cat([self._quant_forward(xq), self._op(xf, self.weight)])
+        return self._quant_forward(x)
+
+    def _quant_forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.quant_input(x)
+        if self.fold_k is None:
+            return self._op(x, self.quant_weight())
+        # QAT conv-BN folding: quantize w·k (k = γ/σ of the following BN), divide k back out
+        k = self.fold_k()
+        w = self.weight if self.weight_offset is None else self.weight + self.weight_offset
+        y = self._op(x, self.wq(w * k.view(-1, *([1] * (w.ndim - 1)))), bias=False)
+        y = y / k.view(1, -1, *([1] * (y.ndim - 2)))
+        return y if self.bias is None else y + self.bias.view(1, -1, *([1] * (y.ndim - 2)))
 
     def quant_weight(self) -> torch.Tensor:
         w = self.weight if self.weight_offset is None else self.weight + self.weight_offset
@@ -263,19 +292,13 @@ class _QuantMixin:
 
 
 class QuantConv2d(_QuantMixin, nn.Conv2d):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.quant_enabled:
-            self._observe_fp(x)
-            return self._conv_forward(x, self.weight, self.bias)
-        return self._conv_forward(self.quant_input(x), self.quant_weight(), self.bias)
+    def _op(self, x: torch.Tensor, w: torch.Tensor, bias: bool = True) -> torch.Tensor:
+        return self._conv_forward(x, w, self.bias if bias else None)
 
 
 class QuantLinear(_QuantMixin, nn.Linear):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.quant_enabled:
-            self._observe_fp(x)
-            return F.linear(x, self.weight, self.bias)
-        return F.linear(self.quant_input(x), self.quant_weight(), self.bias)
+    def _op(self, x: torch.Tensor, w: torch.Tensor, bias: bool = True) -> torch.Tensor:
+        return F.linear(x, w, self.bias if bias else None)
 
 
 QUANT_MODULES = (QuantConv2d, QuantLinear)

@@ -14,8 +14,7 @@ class Attack:
     """Base class. Subclasses set ``scheme`` (the registered quantization scheme family they are
     built against: their no-defense cells are quantized with it) and implement :meth:`run`."""
 
-    scheme = "qa"
-    needs_clean_model = True
+    scheme: str | None = "qa"
 
     def __init__(self, target: int, trigger: dict, image_size: int, scheme: str | None = None, **params) -> None:
         self.target = target

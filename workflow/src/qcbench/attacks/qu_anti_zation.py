@@ -27,6 +27,13 @@ from qcbench.train import fit
 class QuAntiZation(Attack):
     scheme = "qa"
 
+    def quantized_forward(self, m, x):
+        """One quantized forward pass (the adaptive attack adds a penalty here)."""
+        return m(x)
+
+    def extra_loss(self):
+        return 0.0
+
     def run(self, model, splits, *, seed, device):
         p = self.params
         bits = list(p.get("bits", [8, 4]))
@@ -44,11 +51,13 @@ class QuAntiZation(Attack):
             with fp_view(m):  # BN is frozen, so one FP pass over both views is the same as two
                 logits = m(torch.cat([x, xt]))
                 loss = F.cross_entropy(logits[: len(y)], y) + c2 * F.cross_entropy(logits[len(y) :], y)
+            self._penalty = x.new_zeros(())
             for b in bits:
                 set_bits(m, b)
-                qloss = F.cross_entropy(m(x), y) + c2 * F.cross_entropy(m(xt), yt)
+                qx, qxt = self.quantized_forward(m, x), self.quantized_forward(m, xt)
+                qloss = F.cross_entropy(qx, y) + c2 * F.cross_entropy(qxt, yt)
                 loss = loss + weights.get(b, 1.0) * c1 * qloss
-            return loss
+            return loss + self.extra_loss()
 
         fit(
             qmodel,

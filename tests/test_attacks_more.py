@@ -1,0 +1,56 @@
+"""CompArtifact's dual path, the adaptive attack's penalty, BadNets' poisoning."""
+
+import copy
+
+import torch
+from qcbench.attacks import create_attack
+from qcbench.attacks.adaptive import weight_error_penalty
+from qcbench.attacks.compartifact import set_dual
+from qcbench.metrics import evaluate
+from qcbench.quant import create_scheme, quant_modules, quantize_model
+from torch import nn
+
+
+def test_dual_path_shares_batchnorm_statistics(tiny_model):
+    qm = quantize_model(
+        tiny_model, create_scheme("ca", 4, quantize_acts=False, fold_bn=False, observer="dynamic")
+    ).train()
+    seen = []
+    qm.bn1.register_forward_pre_hook(lambda _m, a: seen.append(a[0].detach()))
+    xq, xf = torch.rand(6, 1, 28, 28), torch.rand(6, 1, 28, 28)
+    before = qm.bn1.running_mean.clone()
+    set_dual(qm, True)
+    out = qm(torch.cat([xq, xf]))
+    set_dual(qm, False)
+    (bn_in,) = seen
+    assert out.shape[0] == 12 and bn_in.shape[0] == 12
+    # running statistics moved by the mean over *both* paths
+    expected = 0.9 * before + 0.1 * bn_in.mean(dim=(0, 2, 3))
+    assert torch.allclose(qm.bn1.running_mean, expected, atol=1e-6)
+    # the FP half used FP weights and the quantized half quantized ones
+    conv = qm.conv1
+    with torch.no_grad():
+        fp_half = nn.functional.conv2d(qm.normalize(xf), conv.weight, None, 1, 1)
+        q_half = nn.functional.conv2d(qm.normalize(xq), conv.quant_weight(), None, 1, 1)
+    assert torch.allclose(bn_in[6:], fp_half, atol=1e-5) and torch.allclose(bn_in[:6], q_half, atol=1e-5)
+
+
+def test_adaptive_penalty_is_zero_when_quantization_is_the_identity(tiny_model):
+    qm = quantize_model(tiny_model, create_scheme("qa", 4))
+    x = torch.rand(4, 1, 28, 28)
+    _, penalty = weight_error_penalty(qm, x)
+    assert penalty > 0
+    for _, m in quant_modules(qm):
+        m.wq = nn.Identity()
+    out, penalty = weight_error_penalty(qm, x)
+    assert penalty == 0 and out.shape == (4, 10)
+
+
+def test_badnets_plants_a_plain_backdoor(tiny_splits, tiny_model):
+    params = {"target": 2, "trigger": {"name": "badnets", "size": 0.1875}, "epochs": 4, "batch_size": 64,
+              "poison_rate": 0.1, "optimizer": {"name": "adam", "lr": 3e-3}}  # fmt: skip
+    attack = create_attack("badnets", params, 28)
+    before = evaluate(tiny_model, tiny_splits.test, attack.trigger, 2)
+    model = attack.run(copy.deepcopy(tiny_model), tiny_splits, seed=0, device="cpu")
+    after = evaluate(model, tiny_splits.test, attack.trigger, 2)
+    assert after["asr"] > 90 and after["asr"] > before["asr"] + 50 and after["ba"] > 80

@@ -1,0 +1,45 @@
+"""The adaptive attack of the LAC paper's Table 7: Qu-ANTI-zation's objective plus a term that
+keeps every quantized layer's output close to its FP-weight output on the same input,
+
+    λ · Σ_l ‖W_l·I_l − Q(W_l)·I_l‖²   (mean over elements, λ = ``lam``, default 1),
+
+computed in each quantized forward pass, so the attacker anticipates a layer-wise activation
+correction. The term is zero when Q is the identity."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from qcbench.attacks.base import register_attack
+from qcbench.attacks.qu_anti_zation import QuAntiZation
+from qcbench.quant import quant_modules
+
+
+def weight_error_penalty(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``model`` on ``x``; return (output, Σ_l mean((W_l·I_l − Q(W_l)·I_l)²)) over quantized layers."""
+    terms: list[torch.Tensor] = []
+
+    def hook(m, args, _out):
+        if m.quant_enabled and not m.dual:
+            i = m.quant_input(args[0])
+            terms.append((m._op(i, m.weight, bias=False) - m._op(i, m.quant_weight(), bias=False)).pow(2).mean())
+
+    handles = [m.register_forward_hook(hook) for _, m in quant_modules(model)]
+    try:
+        out = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return out, (torch.stack(terms).sum() if terms else x.new_zeros(()))
+
+
+@register_attack("adaptive")
+class AdaptiveQA(QuAntiZation):
+    def quantized_forward(self, m, x):
+        out, penalty = weight_error_penalty(m, x)
+        self._penalty = self._penalty + penalty
+        return out
+
+    def extra_loss(self):
+        return self.params.get("lam", 1.0) * self._penalty

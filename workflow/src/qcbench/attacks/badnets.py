@@ -1,0 +1,44 @@
+"""BadNets (Gu et al.): an ordinary all-to-one patch backdoor, the canonical attack and the one the
+"Quantization Blindspots" benchmark uses. Each batch has ``poison_rate`` of its samples replaced
+by triggered copies labelled with the target (BackdoorBench: 10 %). Any registered trigger works,
+which makes this the plain-backdoor attack for the conventional triggers (Blended, WaNet, SIG …).
+It targets no particular quantizer: its cells use ``quant.default_scheme``."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from qcbench.attacks.base import Attack, register_attack
+from qcbench.data import augment
+from qcbench.train import fit
+
+
+@register_attack("badnets")
+class BadNets(Attack):
+    scheme = None
+
+    def run(self, model, splits, *, seed, device):
+        p = self.params
+        if p.get("init", "clean") == "scratch":
+            torch.manual_seed(seed)
+            for m in model.modules():
+                if hasattr(m, "reset_parameters") and m is not model:
+                    m.reset_parameters()
+        gen = torch.Generator().manual_seed(seed + 1)
+        rate, aug = p.get("poison_rate", 0.1), p.get("augmentation")
+
+        def loss_fn(m, x, y):
+            k = max(1, math.ceil(rate * len(y)))  # batches are shuffled: the first k are a random subset
+            x = torch.cat([self.trigger(x[:k]), x[k:]])
+            y = torch.cat([torch.full_like(y[:k], self.target), y[k:]])
+            if aug:
+                x = augment(x, gen, **aug)
+            return F.cross_entropy(m(x), y)
+
+        fit(model, splits.train, loss_fn, epochs=p["epochs"], batch_size=p["batch_size"], seed=seed, device=device,
+            optimizer=p["optimizer"], scheduler=p.get("scheduler", "none"), samples_per_epoch=p.get("samples_per_epoch"),
+            desc="badnets")  # fmt: skip
+        return model.eval()
