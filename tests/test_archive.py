@@ -20,6 +20,7 @@ def fake_repo(tmp_path):
         "workflow/rules/x.smk": "# rules\n",
         "workflow/src/qcbench/__init__.py": "",
         "workflow/src/qcbench/__pycache__/__init__.cpython-311.pyc": "junk",
+        "workflow/src/qcbench.egg-info/PKG-INFO": "junk",
         "workflow/profiles/slurm/config.yaml": "executor: slurm\n",
         "config/config.yaml": "name: paper\n",
         "envs/requirements.txt": "torch==2.14.1\n",
@@ -100,7 +101,7 @@ def test_manifest_and_archive(fake_repo):
         assert must in members, must
     for never in ["container/qcbench.sif", "resources/data/big.safetensors", "results/archive/old.tar.gz"]:
         assert never not in members
-    assert not any("__pycache__" in m for m in members)
+    assert not any("__pycache__" in m or "egg-info" in m for m in members)
 
 
 def test_explicit_output_path_and_missing_metrics(fake_repo, tmp_path_factory):

@@ -1,7 +1,9 @@
 """Container recipes, lockfile and profiles agree, checked without running a container
 (no apptainer or docker engine here): spython parses container/qcbench.def and container/Dockerfile."""
 
+import os
 import re
+import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -144,3 +146,17 @@ def test_site_settings_only_in_profiles():
     places = [ROOT / "Snakefile", *(ROOT / "workflow" / "rules").glob("*.smk"), *(ROOT / "config").glob("*.yaml")]
     for p in places:
         assert not site_keys.search(p.read_text()), f"site setting in {p.relative_to(ROOT)}"
+
+
+def test_make_profiles_makes_the_bare_names_resolve(tmp_path):
+    """`make setup` (its target `profiles`) links the profiles into Snakemake's user config dir, so
+    that `snakemake --profile slurm` finds them; here into a scratch XDG_CONFIG_HOME."""
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path)}
+    subprocess.run(["make", "-s", "-C", str(ROOT), "profiles"], env=env, check=True, timeout=60)
+    code = "from snakemake.cli import get_profile_dir as g; print(g('slurm')[1]); print(g('slurm-local')[1])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    found = [Path(line) for line in out.stdout.split()]
+    assert found[0].parent == tmp_path / "snakemake" / "slurm"
+    assert found[0].samefile(ROOT / "workflow" / "profiles" / "slurm" / "config.yaml")
+    assert found[1].samefile(ROOT / "workflow" / "profiles" / "slurm-local" / "config.yaml")

@@ -80,7 +80,7 @@ def git_tag(root: Path) -> str:
 
 
 def _skip(path: Path) -> bool:
-    return any(part in SKIP_NAMES for part in path.parts) or path.name.endswith(SKIP_SUFFIXES)
+    return any(part in SKIP_NAMES or part.endswith(SKIP_SUFFIXES) for part in path.parts)
 
 
 def _members(root: Path, out: Path) -> list[Path]:

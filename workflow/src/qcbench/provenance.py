@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import subprocess
 from functools import cache
@@ -17,29 +18,27 @@ def config_hash(cfg: dict) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
-@cache
-def git_commit(cwd: str | None = None) -> str:
+def _git(args: list[str], cwd) -> str | None:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            cwd=cwd or Path(__file__).resolve().parent,
-        )
-        sha = out.stdout.strip()
-        if out.returncode:
-            return "unknown"
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            cwd=cwd or Path(__file__).resolve().parent,
-        ).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=cwd)
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+@cache
+def git_commit() -> str:
+    """The workflow's commit (+ ``-dirty``): ``$QCBENCH_GIT_COMMIT`` if set (containers, archives),
+    else the git checkout of the working directory (Snakemake runs jobs from the workflow root),
+    else that of the installed package; ``unknown`` outside any checkout."""
+    if os.environ.get("QCBENCH_GIT_COMMIT"):
+        return os.environ["QCBENCH_GIT_COMMIT"]
+    for cwd in (Path.cwd(), Path(__file__).resolve().parent):
+        sha = _git(["rev-parse", "HEAD"], cwd)
+        if sha:
+            dirty = _git(["status", "--porcelain", "--untracked-files=no"], cwd)
+            return sha + ("-dirty" if dirty else "")
+    return "unknown"
 
 
 @cache

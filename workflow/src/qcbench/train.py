@@ -108,6 +108,18 @@ def fit(
     return history
 
 
+def stage_kwargs(p: dict) -> dict:
+    """The :func:`fit` arguments a config stage/attack entry carries (epochs, batch size,
+    optimizer, scheduler, samples per epoch)."""
+    return {
+        "epochs": p["epochs"],
+        "batch_size": p["batch_size"],
+        "optimizer": p["optimizer"],
+        "scheduler": p.get("scheduler", "none"),
+        "samples_per_epoch": p.get("samples_per_epoch"),
+    }
+
+
 def train_clean(model: nn.Module, data: ImageSet, cfg: dict, seed: int, device="cpu") -> list[float]:
     """Ordinary supervised training of the clean model (cross-entropy)."""
     ce = nn.CrossEntropyLoss()
@@ -115,13 +127,9 @@ def train_clean(model: nn.Module, data: ImageSet, cfg: dict, seed: int, device="
         model,
         data,
         lambda m, x, y: ce(m(x), y),
-        epochs=cfg["epochs"],
-        batch_size=cfg["batch_size"],
         seed=seed,
         device=device,
-        optimizer=cfg["optimizer"],
-        scheduler=cfg.get("scheduler", "none"),
         augmentation=cfg.get("augmentation"),
-        samples_per_epoch=cfg.get("samples_per_epoch"),
         desc="clean",
+        **stage_kwargs(cfg),
     )

@@ -11,9 +11,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from qcbench.attacks.base import Attack, register_attack
+from qcbench.attacks.base import Attack, register_attack, reinitialize
 from qcbench.data import augment
-from qcbench.train import fit
+from qcbench.train import fit, stage_kwargs
 
 
 @register_attack("badnets")
@@ -23,10 +23,7 @@ class BadNets(Attack):
     def run(self, model, splits, *, seed, device):
         p = self.params
         if p.get("init", "clean") == "scratch":
-            torch.manual_seed(seed)
-            for m in model.modules():
-                if hasattr(m, "reset_parameters") and m is not model:
-                    m.reset_parameters()
+            reinitialize(model, seed)
         gen = torch.Generator().manual_seed(seed + 1)
         rate, aug = p.get("poison_rate", 0.1), p.get("augmentation")
 
@@ -38,7 +35,5 @@ class BadNets(Attack):
                 x = augment(x, gen, **aug)
             return F.cross_entropy(m(x), y)
 
-        fit(model, splits.train, loss_fn, epochs=p["epochs"], batch_size=p["batch_size"], seed=seed, device=device,
-            optimizer=p["optimizer"], scheduler=p.get("scheduler", "none"), samples_per_epoch=p.get("samples_per_epoch"),
-            desc="badnets")  # fmt: skip
+        fit(model, splits.train, loss_fn, seed=seed, device=device, desc="badnets", **stage_kwargs(p))
         return model.eval()

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from qcbench._registry import Registry
@@ -30,6 +31,15 @@ class Attack:
 
     def run(self, model: nn.Module, splits: Splits, *, seed: int, device) -> nn.Module:  # pragma: no cover
         raise NotImplementedError
+
+
+def reinitialize(model: nn.Module, seed: int) -> nn.Module:
+    """Fresh random weights (and BN statistics) for attacks that train from scratch."""
+    torch.manual_seed(seed)
+    for m in model.modules():
+        if m is not model and hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    return model
 
 
 def create_attack(name: str, params: dict, image_size: int) -> Attack:

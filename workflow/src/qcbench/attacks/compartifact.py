@@ -35,11 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qcbench.attacks.base import Attack, register_attack
+from qcbench.attacks.base import Attack, register_attack, reinitialize
 from qcbench.data import augment
 from qcbench.defenses.units import extract_units
 from qcbench.quant import create_scheme, quant_modules, quantize_model
-from qcbench.train import fit
+from qcbench.train import fit, stage_kwargs
 
 
 def set_dual(model: nn.Module, on: bool) -> None:
@@ -62,10 +62,7 @@ class CompArtifact(Attack):
     def run(self, model, splits, *, seed, device):
         p = self.params
         if p.get("init", "clean") == "scratch":
-            torch.manual_seed(seed)
-            for m in model.modules():
-                if hasattr(m, "reset_parameters") and m is not model:
-                    m.reset_parameters()
+            reinitialize(model, seed)
         teacher = copy.deepcopy(model).eval().requires_grad_(False) if p.get("variant") == "distilled" else None
         train_scheme = create_scheme(
             self.scheme, p.get("bits", 8), quantize_acts=False, fold_bn=False, observer="dynamic"
@@ -101,9 +98,8 @@ class CompArtifact(Attack):
             finally:
                 set_dual(m, False)
 
-        fit(qmodel, splits.train, loss_fn, epochs=p["epochs"], batch_size=p["batch_size"], seed=seed, device=device,
-            optimizer=p["optimizer"], scheduler=p.get("scheduler", "none"), samples_per_epoch=p.get("samples_per_epoch"),
-            desc=f"compartifact{'-distilled' if teacher is not None else ''}")  # fmt: skip
+        desc = f"compartifact{'-distilled' if teacher is not None else ''}"
+        fit(qmodel, splits.train, loss_fn, seed=seed, device=device, desc=desc, **stage_kwargs(p))
         model.load_state_dict({k: v for k, v in qmodel.state_dict().items() if k in model.state_dict()})
         return model.eval()
 

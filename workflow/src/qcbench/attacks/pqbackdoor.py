@@ -29,10 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qcbench.attacks.base import Attack, register_attack
+from qcbench.attacks.base import Attack, register_attack, reinitialize
 from qcbench.data import augment
 from qcbench.quant import qrange
-from qcbench.train import fit
+from qcbench.train import fit, stage_kwargs
 
 
 def _reduce_dims(w: torch.Tensor, per_channel: bool):
@@ -91,10 +91,7 @@ class PQBackdoor(Attack):
     def run(self, model, splits, *, seed, device):
         p = self.params
         if p.get("init", "scratch") == "scratch":
-            torch.manual_seed(seed)
-            for m in model.modules():
-                if hasattr(m, "reset_parameters") and m is not model:
-                    m.reset_parameters()
+            reinitialize(model, seed)
         gen = torch.Generator().manual_seed(seed + 1)
         s1, s2 = p["stage1"], p["stage2"]
 
@@ -105,9 +102,7 @@ class PQBackdoor(Attack):
             yb = torch.cat([y, torch.full_like(y[:k], self.target)])
             return F.cross_entropy(m(xb), yb)
 
-        fit(model, splits.train, stage1_loss, epochs=s1["epochs"], batch_size=s1["batch_size"], seed=seed,
-            device=device, optimizer=s1["optimizer"], scheduler=s1.get("scheduler", "none"),
-            samples_per_epoch=s1.get("samples_per_epoch"), desc="pqbackdoor stage 1")  # fmt: skip
+        fit(model, splits.train, stage1_loss, seed=seed, device=device, desc="pqbackdoor stage 1", **stage_kwargs(s1))
         base = {n: q.detach().clone() for n, q in model.named_parameters()}
         lock_bits = list(p.get("lock_bits", [8]))
         eps = p.get("eps", 1e-3)
@@ -116,9 +111,17 @@ class PQBackdoor(Attack):
             xc = augment(x, gen, **s2["augmentation"]) if s2.get("augmentation") else x
             return F.cross_entropy(m(torch.cat([xc, self.trigger(x)])), torch.cat([y, y]))
 
-        fit(model, splits.train, stage2_loss, epochs=s2["epochs"], batch_size=s2["batch_size"], seed=seed + 2,
-            device=device, optimizer=s2["optimizer"], scheduler=s2.get("scheduler", "none"), eval_mode=True,
-            params=quantized_weights(model), samples_per_epoch=s2.get("samples_per_epoch"),
-            after_step=lambda m: project(m, base, lock_bits, eps), desc="pqbackdoor stage 2")  # fmt: skip
+        fit(
+            model,
+            splits.train,
+            stage2_loss,
+            seed=seed + 2,
+            device=device,
+            eval_mode=True,
+            params=quantized_weights(model),
+            after_step=lambda m: project(m, base, lock_bits, eps),
+            desc="pqbackdoor stage 2",
+            **stage_kwargs(s2),
+        )
         self.stage1_state = base
         return model.eval()

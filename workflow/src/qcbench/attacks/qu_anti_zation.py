@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from qcbench.attacks.base import Attack, register_attack
 from qcbench.data import augment
 from qcbench.quant import create_scheme, fp_view, quantize_model, set_bits
-from qcbench.train import fit
+from qcbench.train import fit, stage_kwargs
 
 
 @register_attack("qu_anti_zation")
@@ -63,15 +63,12 @@ class QuAntiZation(Attack):
             qmodel,
             splits.train,
             loss_fn,
-            epochs=p["epochs"],
-            batch_size=p["batch_size"],
             seed=seed,
             device=device,
-            optimizer=p["optimizer"],
             bn_eval=True,
-            samples_per_epoch=p.get("samples_per_epoch"),
             keep_best="loss",
-            desc="qu_anti_zation",
+            desc=self.name,
+            **stage_kwargs(p),
         )
         # hand back a plain FP model carrying the attacked weights
         model.load_state_dict({k: v for k, v in qmodel.state_dict().items() if k in model.state_dict()})
