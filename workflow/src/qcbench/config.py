@@ -4,6 +4,7 @@ reported with the config key and value at fault, before any job runs."""
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 
@@ -85,6 +86,12 @@ def semantic_errors(cfg: dict, workdir: str | Path = ".") -> list[str]:
                 f"config key 'defenses.{name}.method': unknown defense {spec['method']!r}; "
                 f"registered: {DEFENSES.names()}"
             )
+        else:
+            params = {k: v for k, v in spec.items() if k != "method"}
+            try:
+                inspect.signature(DEFENSES.get(spec["method"])).bind(**params)
+            except TypeError as err:
+                out.append(f"config key 'defenses.{name}': {err} (defense {spec['method']!r})")
     if cfg["quant"]["default_scheme"] not in SCHEMES:
         out.append(
             f"config key 'quant.default_scheme': unknown scheme {cfg['quant']['default_scheme']!r}; "
