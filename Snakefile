@@ -24,5 +24,8 @@ rule all:
     default_target: True
     input:
         "results/metrics.parquet",
-        "results/tables/table1.md",
-        "results/tables/table1.tex",
+        expand(
+            "results/tables/{table}.{ext}",
+            table=["table1", "table8"],
+            ext=["md", "tex"],
+        ),

@@ -44,15 +44,20 @@ def test_metrics_parquet_schema_and_rows(tiny_run):
     df = pd.read_parquet(tiny_run / "results" / "metrics.parquet")
     for col in [*METRIC_COLUMNS, "der"]:
         assert col in df.columns
-    # per seed: clean FP, attacked FP, and (none, lac) x (8, 4)
-    assert len(df) == 2 * (2 + 2 * 2)
-    assert set(df.bits) == {32, 8, 4} and set(df.defense) == {"none", "lac"} and set(df.seed) == {0, 1}
+    # per seed: clean FP, attacked FP, and (none, lac) x (8, 4) simulated; one real int8 backend
+    sim = df[df.backend == "sim"]
+    assert len(sim) == 2 * (2 + 2 * 2)
+    real = df[df.backend == "torch_qnnpack"]
+    assert len(real) == 2 and set(real.bits) == {8} and set(real.defense) == {"none"}
+    assert set(sim.bits) == {32, 8, 4} and set(sim.defense) == {"none", "lac"} and set(sim.seed) == {0, 1}
     assert df[df.defense == "lac"].der.notna().all() and df[df.defense == "none"].der.isna().all()
     assert df.git_commit.str.len().min() >= 7 and df.config_hash.nunique() == 1
     assert ((df.ba >= 0) & (df.ba <= 100)).all()
     table = (tiny_run / "results" / "tables" / "table1.md").read_text()
     assert "No defense" in table and "8-bit qu_anti_zation" in table and "±" in table
     assert (tiny_run / "results" / "tables" / "table1.tex").read_text().startswith(r"\begin{table}")
+    table8 = (tiny_run / "results" / "tables" / "table8.md").read_text()
+    assert "torch_qnnpack BA / ASR" in table8 and "clean" in table8
     assert (tiny_run / "results" / "logs" / "attack").is_dir()
 
 

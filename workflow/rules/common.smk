@@ -11,6 +11,7 @@ except ImportError:  # a checkout without the package installed
     sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "src"))
 
 from qcbench.config import ConfigError, check_config
+from qcbench.report import TABLES
 
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 try:
@@ -28,6 +29,7 @@ def _alt(names):
     return "|".join(re.escape(str(n)) for n in names)
 
 
+TABLE_NAMES = _alt(TABLES.names())
 ATTACK_NAMES = _alt(
     config["attacks"]
 )  # without "clean": the attack rule never makes clean models
@@ -43,6 +45,7 @@ wildcard_constraints:
     bits=r"\d+",
     defense=_alt(["none", *config["defenses"]]),
     seed=r"\d+",
+    backend=_alt(config["eval"].get("backends", [])) or "(?!)",
 
 
 def data_file(wc):
@@ -73,6 +76,11 @@ def cell_metrics():
                         for d in ["none", *RUN["defenses"]]:
                             out.append(
                                 f"{base}/{atk}/w{bits}/{d}/seed{seed}/metrics.parquet"
+                            )
+                    if 8 in RUN["bits"]:
+                        for b in config["eval"].get("backends", []):
+                            out.append(
+                                f"{base}/{atk}/w8/none/seed{seed}/metrics.{b}.parquet"
                             )
     return out
 

@@ -19,3 +19,28 @@ rule evaluate:
         eval=config["eval"],
     script:
         "../scripts/evaluate.py"
+
+
+# The attacked FP model through a real int8 runtime (PyTorch x86/qnnpack PTQ, ONNX Runtime),
+# beside the simulated 8-bit cell: backend = the runtime in metrics.parquet.
+rule evaluate_backend:
+    input:
+        data=data_file,
+        fp=fp_model,
+    output:
+        metrics="results/{dataset}/{arch}/{attack}/w8/none/seed{seed}/metrics.{backend}.parquet",
+    log:
+        "results/logs/evaluate_backend/{dataset}/{arch}/{attack}/{backend}/seed{seed}.log",
+    conda:
+        "../../envs/qcbench.yaml"
+    container:
+        "container/qcbench.sif"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        eval=config["eval"],
+        quant=config["quant"],
+    script:
+        "../scripts/evaluate_backend.py"

@@ -1,6 +1,6 @@
 localrules:
     collate,
-    table1,
+    table,
 
 
 rule collate:
@@ -18,14 +18,17 @@ rule collate:
         "../scripts/collate.py"
 
 
-rule table1:
+# One rule renders every table; the table is a wildcard dispatched through qcbench.report.TABLES.
+rule table:
     input:
         "results/metrics.parquet",
     output:
-        md="results/tables/table1.md",
-        tex="results/tables/table1.tex",
+        md="results/tables/{table}.md",
+        tex="results/tables/{table}.tex",
     log:
-        "results/logs/table1.log",
+        "results/logs/table/{table}.log",
+    wildcard_constraints:
+        table=TABLE_NAMES,
     conda:
         "../../envs/qcbench.yaml"
     container:
@@ -33,4 +36,4 @@ rule table1:
     params:
         defenses=RUN["defenses"],
     script:
-        "../scripts/table1.py"
+        "../scripts/table.py"

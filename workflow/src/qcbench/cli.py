@@ -1,4 +1,4 @@
-"""``qcbench`` command line: inspect the registries and check configuration files."""
+"""``qcbench`` command line: inspect the registries, check configuration files, purify a received model."""
 
 from __future__ import annotations
 
@@ -31,6 +31,92 @@ def _check(args) -> int:
     return 0
 
 
+def _json_arg(value: str):
+    """A JSON value given inline or as the path of a JSON file."""
+    import json
+    from pathlib import Path
+
+    try:
+        return json.loads(Path(value).read_text() if Path(value).is_file() else value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not JSON or a JSON file: {value!r} ({err})") from err
+
+
+def _purify(args) -> int:
+    import torch
+
+    from qcbench.io import ModelFileError
+    from qcbench.purify import PurifyError, purify
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    params = dict(args.params or {})
+    if args.iterations is not None:
+        params["iterations"] = args.iterations
+    try:
+        summary = purify(
+            args.checkpoint,
+            args.images,
+            args.out,
+            arch=args.arch,
+            num_classes=args.num_classes,
+            in_channels=args.in_channels,
+            mean=args.mean,
+            std=args.std,
+            arch_kwargs=args.arch_kwargs,
+            bits=args.bits,
+            scheme=args.scheme,
+            defense=args.defense,
+            params=params,
+            labeled=args.labeled,
+            trigger=args.trigger,
+            target=args.target,
+            max_images=args.max_images,
+            seed=args.seed,
+            device=device,
+        )
+    except (ModelFileError, PurifyError) as err:
+        print(f"qcbench purify: {err}", file=sys.stderr)
+        return 2
+    print(f"purified model: {summary['outputs']['model']} (summary: {args.out}/summary.json)")
+    for name, m in (summary["metrics"] or {}).items():
+        print(f"  {name:10s} BA {m['ba']:.2f}  ASR {m['asr'] if m['asr'] is None else round(m['asr'], 2)}")
+    return 0
+
+
+def _add_purify(sub) -> None:
+    p = sub.add_parser(
+        "purify",
+        help="quantize a received FP checkpoint and purify it (LAC+PDA or EFRAP) on unlabeled images",
+        description="Quantize a third-party full-precision safetensors checkpoint and remove a "
+        "quantization-conditioned backdoor with a layer-wise defense, using unlabeled images only.",
+    )
+    p.add_argument("checkpoint", help="FP model, safetensors (a qcbench model.json beside it is read if present)")
+    p.add_argument("--images", required=True, help="folder of png/jpg images, or a safetensors/.npy tensor file")
+    p.add_argument("--out", required=True, help="output folder (model.safetensors, model.json, summary.json)")
+    p.add_argument("--arch", help="registered architecture (qcbench list)")
+    p.add_argument("--arch-kwargs", type=_json_arg, help="architecture keywords as JSON, e.g. '{\"width\": 16}'")
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--in-channels", type=int)
+    p.add_argument("--mean", type=float, nargs="+", help="per-channel normalization mean of the model's input")
+    p.add_argument("--std", type=float, nargs="+", help="per-channel normalization std")
+    p.add_argument("--bits", type=int, default=4, help="weight/activation bit width (default 4)")
+    p.add_argument("--scheme", default="mqbench_academic", help="registered scheme family (default mqbench_academic)")
+    p.add_argument("--defense", default="lac", help="lac (LAC+PDA, default) or efrap")
+    p.add_argument("--iterations", type=int, help="optimisation steps per layer unit (default 300 on CPU)")
+    p.add_argument("--params", type=_json_arg, help="further defense keywords as JSON (or a JSON file)")
+    p.add_argument("--max-images", type=int, default=1024, help="use at most this many images (default 1024)")
+    p.add_argument("--labeled", help="labeled test data: prepared dataset or tensor file with x and y")
+    p.add_argument("--trigger", type=_json_arg, help='trigger spec, JSON or a JSON file, e.g. \'{"name": "patch"}\'')
+    p.add_argument("--target", type=int, help="the backdoor's target class")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qcbench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -38,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check-config", help="validate config files (layered left to right)")
     check.add_argument("configs", nargs="+")
     check.add_argument("--workdir", default=".", help="folder relative data paths are resolved from")
+    _add_purify(sub)
     args = parser.parse_args(argv)
-    return {"list": _list, "check-config": _check}[args.command](args)
+    return {"list": _list, "check-config": _check, "purify": _purify}[args.command](args)
 
 
 if __name__ == "__main__":

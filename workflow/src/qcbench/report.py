@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import pandas as pd
 
+from qcbench._registry import Registry
+
+TABLES = Registry("table")
+register_table = TABLES.register
+
 PAPER_NAMES = {"none": "No defense", "lac": "LAC+PDA (ours)", "lac_only": "LAC", "efrap": "EFRAP"}
 
 
@@ -54,6 +59,7 @@ def _latex(header: list[str], body: list[list[str]], caption: str) -> str:
     return "\n".join(lines)
 
 
+@register_table("table1")
 def table1(df: pd.DataFrame, defenses: list[str] | None = None) -> tuple[str, str]:
     """Paper Table 1 layout: rows are defenses, column groups bits × attack, cells
     BA / ASR / DER (mean ± std over seeds). One block per (dataset, arch)."""
@@ -81,6 +87,33 @@ def table1(df: pd.DataFrame, defenses: list[str] | None = None) -> tuple[str, st
             + _markdown(["Model", "BA", "ASR", "ASR (all)"], fp_body)
         )
         tex_parts.append(_latex(header, body, caption))
+    if not md_parts:
+        return "No metrics yet.\n", "% no metrics yet\n"
+    return "\n\n".join(md_parts) + "\n", "\n".join(tex_parts)
+
+
+@register_table("table8")
+def table8(df: pd.DataFrame, **_) -> tuple[str, str]:
+    """Paper Table 8: full-precision BA / ASR per attack and the clean model; and each attack's
+    8-bit ASR under the simulated quantizer beside the real int8 runtimes (no defense)."""
+    md_parts, tex_parts = [], []
+    for (dataset, arch), sub in df.groupby(["dataset", "arch"], sort=True):
+        fp = sub[(sub.bits == 32) & (sub.backend == "sim")]
+        attacks = sorted(fp.attack.unique(), key=lambda a: (a != "clean", a))
+        body = [[a] + [_fmt(fp[fp.attack == a][c]) for c in ("ba", "asr", "asr_all")] for a in attacks]
+        header = ["Model (FP32)", "BA", "ASR", "ASR (all)"]
+        cap = f"Table 8 ({dataset}, {arch}): full-precision models, BA / ASR in % (mean ± std over seeds)."
+        q8 = sub[(sub.bits == 8) & (sub.defense == "none")]
+        backends = ["sim"] + sorted(b for b in q8.backend.unique() if b != "sim")
+        rows = sorted(q8.attack.unique())
+        real = [[a] + [_cell(q8[(q8.attack == a) & (q8.backend == b)], ("ba", "asr")) for b in backends] for a in rows]
+        rheader = ["Attack (8-bit, no defense)"] + [("simulated" if b == "sim" else b) + " BA / ASR" for b in backends]
+        rcap = (
+            f"Simulated 8-bit quantizer (the attack's own scheme) vs real int8 runtimes (PTQ of the FP model, "
+            f"calibrated on the defender subset), {dataset}, {arch}."
+        )
+        md_parts.append(f"**{cap}**\n\n{_markdown(header, body)}\n\n**{rcap}**\n\n{_markdown(rheader, real)}")
+        tex_parts.append(_latex(header, body, cap) + _latex(rheader, real, rcap))
     if not md_parts:
         return "No metrics yet.\n", "% no metrics yet\n"
     return "\n\n".join(md_parts) + "\n", "\n".join(tex_parts)

@@ -127,14 +127,7 @@ def defend(cfg: dict, defense: str, seed: int, data: str, fp: str, quantized: st
     io.save_model(defended, out, meta | {"stage": "defend", "defense": defense, "wall_s": time.perf_counter() - t0})
 
 
-def evaluate(cfg: dict, model_path: str, data: str, out: str, keys: dict, threads: int = 1) -> pd.DataFrame:
-    """Evaluate one model file and write its one-row metrics Parquet (with provenance)."""
-    device = setup(cfg, threads)
-    splits = load_prepared(data)
-    model, meta = io.load_model(model_path, device)
-    atk = meta.get("attack")
-    trigger = create_trigger(atk["trigger"], splits.meta["image_size"]) if atk else None
-    res = evaluate_model(model, splits.test, trigger, atk["target"] if atk else None, cfg["eval"]["batch_size"], device)
+def _write_row(keys: dict, meta: dict, res: dict, backend: str, scheme: str, wall_s: float, out: str) -> pd.DataFrame:
     row = {
         "dataset": keys["dataset"],
         "arch": keys["arch"],
@@ -142,11 +135,11 @@ def evaluate(cfg: dict, model_path: str, data: str, out: str, keys: dict, thread
         "bits": int(keys["bits"]),
         "defense": keys["defense"],
         "seed": int(keys["seed"]),
-        "backend": "sim",
-        "scheme": meta.get("scheme_name") or "fp",
+        "backend": backend,
+        "scheme": scheme,
         "variant": keys.get("variant", ""),
         **res,
-        "wall_s": float(meta.get("wall_s", float("nan"))),
+        "wall_s": float(wall_s),
         "config_hash": meta["config_hash"],
         "git_commit": provenance.git_commit(),
         "versions": provenance.versions(),
@@ -155,6 +148,38 @@ def evaluate(cfg: dict, model_path: str, data: str, out: str, keys: dict, thread
     io.check_metrics(df, out)
     io.write_parquet(df, out)
     return df
+
+
+def _attack_of(meta: dict, image_size: int):
+    atk = meta.get("attack")
+    return (create_trigger(atk["trigger"], image_size), atk["target"]) if atk else (None, None)
+
+
+def evaluate(cfg: dict, model_path: str, data: str, out: str, keys: dict, threads: int = 1) -> pd.DataFrame:
+    """Evaluate one model file (simulated quantizer) and write its one-row metrics Parquet."""
+    device = setup(cfg, threads)
+    splits = load_prepared(data)
+    model, meta = io.load_model(model_path, device)
+    trigger, target = _attack_of(meta, splits.meta["image_size"])
+    res = evaluate_model(model, splits.test, trigger, target, cfg["eval"]["batch_size"], device)
+    scheme = meta.get("scheme_name") or "fp"
+    return _write_row(keys, meta, res, "sim", scheme, meta.get("wall_s", float("nan")), out)
+
+
+def evaluate_backend(cfg: dict, backend: str, fp: str, data: str, out: str, keys: dict, threads: int = 1):
+    """Quantize the FP model with a real int8 runtime (PTQ, calibrated on the defender subset)
+    and write its metrics row (``backend`` = the runtime, ``defense`` = none)."""
+    from qcbench.backends import evaluate_backend as run_backend
+
+    setup(cfg, threads)
+    splits = load_prepared(data)
+    model, meta = io.load_model(fp, "cpu")
+    trigger, target = _attack_of(meta, splits.meta["image_size"])
+    q = cfg["quant"]
+    calib = [x for x, _ in splits.defender.batches(q["calib_batch_size"], limit=q["calib_images"])]
+    t0 = time.perf_counter()
+    res = run_backend(backend, model, calib, splits.test, trigger, target, cfg["eval"]["batch_size"])
+    return _write_row(keys | {"bits": 8, "defense": "none"}, meta, res, backend, backend, time.perf_counter() - t0, out)
 
 
 def collate(paths: list[str], out: str) -> pd.DataFrame:
@@ -183,11 +208,11 @@ def collate(paths: list[str], out: str) -> pd.DataFrame:
     return df
 
 
-def render_table1(metrics: str, out_md: str, out_tex: str, defenses: list[str] | None = None) -> None:
-    from qcbench.report import table1
+def render_table(name: str, metrics: str, out_md: str, out_tex: str, **options) -> None:
+    """Render a registered table (``qcbench.report.TABLES``) to Markdown and LaTeX, atomically."""
+    from qcbench.report import TABLES
 
-    df = pd.read_parquet(metrics)
-    md, tex = table1(df, defenses)
+    md, tex = TABLES.get(name)(pd.read_parquet(metrics), **options)
     for path, text in ((out_md, md), (out_tex, tex)):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(path + ".tmp")

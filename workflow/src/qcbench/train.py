@@ -43,7 +43,7 @@ def fit(
     optimizer: dict,
     seed: int,
     device: torch.device | str = "cpu",
-    scheduler: str = "none",
+    scheduler: str | Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler] = "none",
     augmentation: dict | None = None,
     samples_per_epoch: int | None = None,
     bn_eval: bool = False,
@@ -60,13 +60,17 @@ def fit(
     BatchNorm statistics; ``eval_mode`` keeps the whole model in eval mode (BN and dropout
     frozen, PQBackdoor's stage 2). ``keep_best="loss"``
     restores the weights of the epoch with the lowest mean training loss (Qu-ANTI-zation's rule).
+    ``scheduler`` is ``"none"``, ``"cosine"`` (annealed to 0 over all steps) or a callable
+    ``optimizer -> LRScheduler``; either scheduler is stepped after every optimizer step.
     """
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     opt = make_optimizer(params if params is not None else model.parameters(), **optimizer)
     steps_per_epoch = math.ceil(min(samples_per_epoch or len(data), len(data)) / batch_size)
     sched = None
-    if scheduler == "cosine":
+    if callable(scheduler):
+        sched = scheduler(opt)
+    elif scheduler == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
     history: list[float] = []
     best, best_state = math.inf, None

@@ -1,7 +1,8 @@
 """Defense registry. A defense maps (FP model, quantized no-defense model, defender data) to a
 defended quantized model."""
 
-from qcbench.defenses import lac  # noqa: F401  (registers)
-from qcbench.defenses.base import DEFENSES, Defense, create_defense, register_defense
+from qcbench.defenses import efrap, fp, ft, ftsam, ibau, lac, mcr, nad  # noqa: F401  (registers)
+from qcbench.defenses.base import DEFENSES, Defense, FPDefense, create_defense, register_defense
+from qcbench.defenses.layerwise import LayerwiseDefense
 
-__all__ = ["DEFENSES", "Defense", "create_defense", "register_defense"]
+__all__ = ["DEFENSES", "Defense", "FPDefense", "LayerwiseDefense", "create_defense", "register_defense"]

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import copy
+
 from torch import nn
 
 from qcbench._registry import Registry
 from qcbench.data import Splits
+from qcbench.quant import calibrate, quantize_model
 
 DEFENSES = Registry("defense")
 register_defense = DEFENSES.register
@@ -19,6 +22,27 @@ class Defense:
         self, fp_model: nn.Module, qmodel: nn.Module, splits: Splits, *, seed: int, device
     ) -> nn.Module:  # pragma: no cover
         raise NotImplementedError
+
+
+class FPDefense(Defense):
+    """A defense that purifies the *full-precision* model (the mitigation baselines of LAC's
+    Tables 1-2: FT, FP, MCR, NAD, I-BAU, FT-SAM). :meth:`run` deep-copies ``fp_model``, calls
+    :meth:`purify`, then quantizes the result with the cell's scheme (``qmodel.qcbench_scheme``)
+    and calibrates it on the first ``calib_images`` defender images in batches of
+    ``calib_batch_size`` (as the cell's quantize stage does), as the LAC paper evaluates them.
+    Subclasses pass ``calib_images`` and ``calib_batch_size`` to ``Defense.__init__``."""
+
+    def purify(self, model: nn.Module, splits: Splits, *, seed: int, device) -> nn.Module:  # pragma: no cover
+        """Purify ``model`` (a private copy, on ``device``) and return the purified FP model."""
+        raise NotImplementedError
+
+    def run(self, fp_model: nn.Module, qmodel: nn.Module, splits: Splits, *, seed: int, device) -> nn.Module:
+        model = copy.deepcopy(fp_model).to(device)
+        model = self.purify(model, splits, seed=seed, device=device).eval()
+        qdefended = quantize_model(model, qmodel.qcbench_scheme)
+        p = self.params
+        batches = splits.defender.batches(p["calib_batch_size"], limit=p["calib_images"])
+        return calibrate(qdefended, (x.to(device) for x, _ in batches))
 
 
 def create_defense(method: str, params: dict) -> Defense:

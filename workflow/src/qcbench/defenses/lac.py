@@ -18,19 +18,17 @@ Per layer unit in topological order:
 Activation scales stay as calibrated (upstream hands them to an optimizer but they get no
 gradient). qcbench's addition, off unless configured: ``early_stop`` ends a unit's optimisation
 when the loss, averaged over windows of ``window`` iterations, improves by less than ``rel_tol``.
+The unit loop, the early stop and the per-unit log (``self.log``) live in
+:class:`~qcbench.defenses.layerwise.LayerwiseDefense`.
 """
 
 from __future__ import annotations
 
-import copy
-import sys
-
 import torch
-from tqdm.auto import tqdm
 
-from qcbench.defenses.base import Defense, register_defense
-from qcbench.defenses.units import Unit, capture, extract_units
-from qcbench.quant import fp_view, freeze_weight_ranges
+from qcbench.defenses.base import register_defense
+from qcbench.defenses.layerwise import LayerwiseDefense, unit_loss
+from qcbench.defenses.units import Unit
 
 
 def bn_stat_distance(model, unit: Unit, x: torch.Tensor) -> torch.Tensor:
@@ -64,11 +62,15 @@ def pda(model, unit: Unit, x0: torch.Tensor, iterations: int, gamma: float, alph
 
 
 def _unit_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return (pred - target).pow(2).sum(1).mean()
+    return unit_loss(pred, target)
 
 
 @register_defense("lac")
-class LAC(Defense):
+class LAC(LayerwiseDefense):
+    """LAC (+ PDA when ``pda``): a free additive offset per weight inside the frozen quantizer."""
+
+    label = "lac"
+
     def __init__(
         self,
         iterations=10000,
@@ -93,53 +95,17 @@ class LAC(Defense):
             early_stop=early_stop,
         )
 
-    def run(self, fp_model, qmodel, splits, *, seed, device):
+    def prepare_inputs(self, qmodel, unit: Unit, inputs):
         p = self.params
-        g = torch.Generator().manual_seed(seed)
-        calib = [
-            x.to(device)
-            for x, _ in splits.defender.batches(
-                p["batch_size"], shuffle=True, generator=g, limit=p["batch_size"] * p["calib_batches"]
-            )
-        ]
-        reference = copy.deepcopy(qmodel).eval()  # FP targets: same graph, quantization off
-        qmodel = copy.deepcopy(qmodel).eval().requires_grad_(False)
-        freeze_weight_ranges(qmodel)
-        units = extract_units(qmodel)
-        self.log: list[dict] = []
-        for k, unit in enumerate(tqdm(units, desc="lac units", file=sys.stderr, mininterval=2.0)):
-            with fp_view(reference):
-                targets = capture(reference, unit.last, calib, "output")
-            inputs = capture(qmodel, unit.first, calib, "input")
-            if p["pda"] and unit.bns:
-                inputs = [pda(qmodel, unit, x, p["pda_iterations"], p["gamma"], p["pda_alpha"]) for x in inputs]
-            iters, loss = self._reconstruct(qmodel, unit, inputs, targets, g)
-            self.log.append({"unit": k, "module": unit.first, "iterations": iters, "loss": loss})
-            print(f"lac unit {k} {unit.modules}: {iters} iterations, loss {loss:.5f}", file=sys.stderr, flush=True)
-        return qmodel
+        if p["pda"] and unit.bns:
+            return [pda(qmodel, unit, x, p["pda_iterations"], p["gamma"], p["pda_alpha"]) for x in inputs]
+        return inputs
 
-    def _reconstruct(self, qmodel, unit: Unit, inputs, targets, g) -> tuple[int, float]:
-        p = self.params
-        layer = qmodel.get_submodule(unit.first)
+    def begin_unit(self, layer):
         layer.weight_offset = torch.nn.Parameter(torch.zeros_like(layer.weight))
-        opt = torch.optim.Adam([layer.weight_offset], lr=p["lr"])
-        es = p.get("early_stop") or {}
-        window, tol = es.get("window", 0), es.get("rel_tol", 0.0)
-        run, prev, it, last = 0.0, None, 0, float("nan")
-        for it in range(1, p["iterations"] + 1):
-            i = int(torch.randint(len(inputs), (1,), generator=g))
-            loss = _unit_loss(unit.forward(qmodel, inputs[i]), targets[i])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            run += loss.item()
-            last = loss.item()
-            if window and it % window == 0:
-                mean, run = run / window, 0.0
-                if prev is not None and prev - mean < tol * prev:
-                    break
-                prev = mean
-        with torch.no_grad():
-            layer.weight.data = layer.quant_weight().detach()  # harden: Q(W + α) on the frozen grid
+        return [layer.weight_offset]
+
+    def harden(self, layer) -> dict:
+        layer.weight.data = layer.quant_weight().detach()  # Q(W + α) on the frozen grid
         layer.weight_offset = None
-        return it, last
+        return {}

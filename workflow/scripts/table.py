@@ -4,4 +4,4 @@ to_log(snakemake)  # noqa: F821
 from qcbench import stages  # noqa: E402
 
 sm = snakemake  # noqa: F821
-stages.render_table1(sm.input[0], sm.output.md, sm.output.tex, sm.params.defenses)
+stages.render_table(sm.wildcards.table, sm.input[0], sm.output.md, sm.output.tex, defenses=sm.params.defenses)
