@@ -11,6 +11,7 @@ except ImportError:  # a checkout without the package installed
     sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "src"))
 
 from qcbench.config import ConfigError, check_config
+from qcbench.defenses import is_fp_defense
 from qcbench.report import TABLES
 
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
@@ -30,12 +31,11 @@ def _alt(names):
 
 
 TABLE_NAMES = _alt(TABLES.names())
-ATTACK_NAMES = _alt(
-    config["attacks"]
-)  # without "clean": the attack rule never makes clean models
-DEFENSE_NAMES = _alt(
-    config["defenses"]
-)  # without "none": the quantize rule makes those
+# attacks proper, without "clean" (the attack rule never makes clean models)
+ATTACK_NAMES = _alt(config["attacks"])
+# defenses that purify the FP model (quantized afterwards) vs those acting on the quantized one
+FP_DEFENSES = [n for n, d in config["defenses"].items() if is_fp_defense(d["method"])]
+Q_DEFENSES = [n for n in config["defenses"] if n not in FP_DEFENSES]
 
 
 wildcard_constraints:
@@ -72,6 +72,11 @@ def cell_metrics():
                 out.append(f"{base}/clean/w32/none/seed{seed}/metrics.parquet")
                 for atk in RUN["attacks"]:
                     out.append(f"{base}/{atk}/w32/none/seed{seed}/metrics.parquet")
+                    for d in RUN["defenses"]:
+                        if d in FP_DEFENSES:  # the purified FP model itself
+                            out.append(
+                                f"{base}/{atk}/w32/{d}/seed{seed}/metrics.parquet"
+                            )
                     for bits in RUN["bits"]:
                         for d in ["none", *RUN["defenses"]]:
                             out.append(

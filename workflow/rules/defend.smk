@@ -1,4 +1,5 @@
-# One generic defense rule: the defense is a wildcard dispatched through qcbench's registry.
+# Quantization-aware defenses (LAC, EFRAP): FP model + the cell's quantized model -> a defended
+# quantized model. The defense is a wildcard dispatched through qcbench's registry.
 rule defend:
     input:
         data=data_file,
@@ -13,7 +14,7 @@ rule defend:
         "results/benchmarks/defend/{dataset}/{arch}/{attack}/w{bits}/{defense}/seed{seed}.tsv"
     wildcard_constraints:
         bits=r"(?!32$)\d+",
-        defense=DEFENSE_NAMES,
+        defense=_alt(Q_DEFENSES) or "(?!)",
     conda:
         "../../envs/qcbench.yaml"
     container:
@@ -28,3 +29,34 @@ rule defend:
         version=qcbench.__version__,
     script:
         "../scripts/defend.py"
+
+
+# FP-level defenses (FT, fine-pruning, MCR, NAD, I-BAU, FT-SAM) purify the attacked FP model once;
+# the quantize rule then quantizes the purified model at every bit width.
+rule defend_fp:
+    input:
+        data=data_file,
+        fp=fp_model,
+    output:
+        model="results/{dataset}/{arch}/{attack}/w32/{defense}/seed{seed}/model.safetensors",
+        meta="results/{dataset}/{arch}/{attack}/w32/{defense}/seed{seed}/model.json",
+    log:
+        "results/logs/defend_fp/{dataset}/{arch}/{attack}/{defense}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/defend_fp/{dataset}/{arch}/{attack}/{defense}/seed{seed}.tsv"
+    wildcard_constraints:
+        defense=_alt(FP_DEFENSES) or "(?!)",
+    conda:
+        "../../envs/qcbench.yaml"
+    container:
+        "container/qcbench.sif"
+    threads: 1
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=720,
+    params:
+        spec=defense_spec,
+        version=qcbench.__version__,
+    script:
+        "../scripts/defend_fp.py"

@@ -1,15 +1,17 @@
-# Quantize an FP model with its attack's scheme at {bits}, calibrated on the defender subset.
+# Quantize an FP model (the attacked one, or one purified by an FP-level defense) with its
+# attack's scheme at {bits}, calibrated on the defender subset.
 rule quantize:
     input:
         data=data_file,
-        fp=fp_model,
+        fp="results/{dataset}/{arch}/{attack}/w32/{defense}/seed{seed}/model.safetensors",
     output:
-        model="results/{dataset}/{arch}/{attack}/w{bits}/none/seed{seed}/model.safetensors",
-        meta="results/{dataset}/{arch}/{attack}/w{bits}/none/seed{seed}/model.json",
+        model="results/{dataset}/{arch}/{attack}/w{bits}/{defense}/seed{seed}/model.safetensors",
+        meta="results/{dataset}/{arch}/{attack}/w{bits}/{defense}/seed{seed}/model.json",
     log:
-        "results/logs/quantize/{dataset}/{arch}/{attack}/w{bits}/seed{seed}.log",
+        "results/logs/quantize/{dataset}/{arch}/{attack}/w{bits}/{defense}/seed{seed}.log",
     wildcard_constraints:
         bits=r"(?!32$)\d+",
+        defense=_alt(["none", *FP_DEFENSES]),
     conda:
         "../../envs/qcbench.yaml"
     container:

@@ -2,7 +2,15 @@
 defended quantized model."""
 
 from qcbench.defenses import efrap, fp, ft, ftsam, ibau, lac, mcr, nad  # noqa: F401  (registers)
-from qcbench.defenses.base import DEFENSES, Defense, FPDefense, create_defense, register_defense
+from qcbench.defenses.base import DEFENSES, Defense, FPDefense, create_defense, is_fp_defense, register_defense
 from qcbench.defenses.layerwise import LayerwiseDefense
 
-__all__ = ["DEFENSES", "Defense", "FPDefense", "LayerwiseDefense", "create_defense", "register_defense"]
+__all__ = [
+    "DEFENSES",
+    "Defense",
+    "FPDefense",
+    "LayerwiseDefense",
+    "create_defense",
+    "is_fp_defense",
+    "register_defense",
+]

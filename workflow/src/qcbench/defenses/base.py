@@ -45,6 +45,12 @@ class FPDefense(Defense):
         return calibrate(qdefended, (x.to(device) for x, _ in batches))
 
 
+def is_fp_defense(method: str) -> bool:
+    """Does the registered defense ``method`` purify the FP model (quantized afterwards)?"""
+    cls = DEFENSES.get(method)
+    return isinstance(cls, type) and issubclass(cls, FPDefense)
+
+
 def create_defense(method: str, params: dict) -> Defense:
     defense = DEFENSES.create(method, **params)
     defense.name = method
