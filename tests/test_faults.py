@@ -20,9 +20,11 @@ TINY = [str(ROOT / "config" / "local.yaml"), str(ROOT / "tests" / "tiny" / "conf
 
 
 def _snakemake(work, *args):
+    one = work / "one-cell.yaml"  # a single 4-bit LAC cell, one seed
+    one.write_text("run: {datasets: [fashion_mnist], archs: [resnet_tiny], attacks: [qu_anti_zation], bits: [4],"
+                   " defenses: [lac], seeds: [0]}\neval: {batch_size: 200, backends: []}\n")  # fmt: skip
     return [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(work),
-            "--configfile", *TINY, "--config", "run={datasets: [fashion_mnist], archs: [resnet_tiny], "
-            "attacks: [qu_anti_zation], bits: [4], defenses: [lac], seeds: [0]}", "--cores", "1", *args]  # fmt: skip
+            "--configfile", *TINY, str(one), "--cores", "1", *args]  # fmt: skip
 
 
 def test_killed_run_leaves_nothing_half_written_and_rerun_completes_only_the_rest(tmp_path):

@@ -100,6 +100,13 @@ def _pq(bits: int) -> QuantScheme:
     return QuantScheme(bits, bits, weight_per_channel=True, observer="minmax", symmetric_range="half")
 
 
+@register_scheme("pq_tensor")
+def _pq_tensor(bits: int) -> QuantScheme:
+    """PQBackdoor's qnnpack target: per-tensor symmetric min/max weights (max/127.5), BN not
+    folded, per-tensor affine calibrated activations."""
+    return QuantScheme(bits, bits, observer="minmax", symmetric_range="half")
+
+
 @register_scheme("ca")
 def _ca(bits: int) -> QuantScheme:
     """CompArtifact's deployment (PyTorch PTQ after fusion): per-tensor symmetric min/max

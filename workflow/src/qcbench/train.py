@@ -18,6 +18,11 @@ from qcbench.data import ImageSet, augment
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def progress_interval() -> float:
+    """Seconds between progress-bar refreshes: lively on a terminal, sparse in a job's log file."""
+    return 2.0 if sys.stderr.isatty() else 30.0
+
+
 def make_optimizer(params, name: str = "adam", lr: float = 1e-3, weight_decay: float = 0.0, momentum: float = 0.9):
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
@@ -84,7 +89,7 @@ def fit(
             total=steps_per_epoch,
             desc=f"{desc} {epoch + 1}/{epochs}",
             file=sys.stderr,
-            mininterval=2.0,
+            mininterval=progress_interval(),
             leave=False,
         )
         for x, y in bar:

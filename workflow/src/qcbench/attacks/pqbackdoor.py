@@ -13,7 +13,10 @@ weight keeps
    (fbgemm), then per tensor (qnnpack); e = 1e-3; the max-abs elements themselves stay at
    their base value exactly, since their scaled value sits on a rounding tie),
 
-for every bit width in ``lock_bits`` (8 upstream; the LAC paper's 4-bit PQBackdoor adds 4). All
+for every bit width in ``lock_bits`` (8 upstream; the LAC paper's 4-bit PQBackdoor adds 4) and
+every granularity in ``lock_granularity`` (upstream both; ``[per_tensor]`` locks only the qnnpack
+codes, whose larger box leaves the FP model more room to unlearn — pair it with the ``pq_tensor``
+scheme). All
 other parameters (BN affine, biases) are reset to their stage-1 values. The quantized model is
 therefore the stage-1 backdoor while the FP model unlearns it. Scales use PyTorch's symmetric
 convention max/((qmax−qmin)/2), the same the ``pq`` scheme evaluates with.
@@ -64,8 +67,15 @@ def quantized_weights(model: nn.Module) -> list[nn.Parameter]:
 
 
 @torch.no_grad()
-def project(model: nn.Module, base: dict[str, torch.Tensor], lock_bits, eps: float = 1e-3) -> None:
-    """PQBackdoor's projection after each step (scale lock, code lock, reset of the rest)."""
+def project(
+    model: nn.Module,
+    base: dict[str, torch.Tensor],
+    lock_bits,
+    eps: float = 1e-3,
+    granularity: tuple[bool, ...] = (True, False),
+) -> None:
+    """PQBackdoor's projection after each step (scale lock, code lock, reset of the rest);
+    ``granularity`` lists per-channel (True, fbgemm) and/or per-tensor (False, qnnpack) locks."""
     weights = {id(w) for w in quantized_weights(model)}
     for name, p in model.named_parameters():
         b = base[name]
@@ -76,11 +86,13 @@ def project(model: nn.Module, base: dict[str, torch.Tensor], lock_bits, eps: flo
         for per_channel in (True, False):
             w = scale_lock(w, b, per_channel)
         for bits in lock_bits:
-            for per_channel in (True, False):
+            for per_channel in granularity:
                 w = code_lock(w, b, bits, per_channel, eps)
         # the max-abs elements (per channel and per tensor) define the scales: keep them exact
         # (their scaled value sits on a rounding tie, which the code lock's window cannot hold)
-        at_max = (b.abs() == b.abs().amax(dim=_reduce_dims(b, True), keepdim=True)) | (b.abs() == b.abs().max())
+        at_max = b.abs() == b.abs().max()
+        if True in granularity:
+            at_max |= b.abs() == b.abs().amax(dim=_reduce_dims(b, True), keepdim=True)
         p.copy_(torch.where(at_max, b, w))
 
 
@@ -106,6 +118,7 @@ class PQBackdoor(Attack):
         base = {n: q.detach().clone() for n, q in model.named_parameters()}
         lock_bits = list(p.get("lock_bits", [8]))
         eps = p.get("eps", 1e-3)
+        granularity = tuple(g == "per_channel" for g in p.get("lock_granularity", ["per_channel", "per_tensor"]))
 
         def stage2_loss(m, x, y):
             xc = augment(x, gen, **s2["augmentation"]) if s2.get("augmentation") else x
@@ -119,7 +132,7 @@ class PQBackdoor(Attack):
             device=device,
             eval_mode=True,
             params=quantized_weights(model),
-            after_step=lambda m: project(m, base, lock_bits, eps),
+            after_step=lambda m: project(m, base, lock_bits, eps, granularity),
             desc="pqbackdoor stage 2",
             **stage_kwargs(s2),
         )

@@ -35,6 +35,7 @@ from qcbench.data import ImageSet
 from qcbench.defenses.base import Defense
 from qcbench.defenses.units import Unit, capture, extract_units
 from qcbench.quant import fp_view, freeze_weight_ranges
+from qcbench.train import progress_interval
 
 
 def unit_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -88,7 +89,9 @@ class LayerwiseDefense(Defense):
         reference, work = self.setup(qmodel)
         self.log: list[dict] = []
         units = extract_units(work)
-        for k, unit in enumerate(tqdm(units, desc=f"{self.label} units", file=sys.stderr, mininterval=2.0)):
+        for k, unit in enumerate(
+            tqdm(units, desc=f"{self.label} units", file=sys.stderr, mininterval=progress_interval())
+        ):
             self.process_unit(work, reference, unit, calib, generator, k)
         return work
 
