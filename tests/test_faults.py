@@ -22,7 +22,8 @@ TINY = [str(ROOT / "config" / "local.yaml"), str(ROOT / "tests" / "tiny" / "conf
 def _snakemake(work, *args):
     one = work / "one-cell.yaml"  # a single 4-bit LAC cell, one seed
     one.write_text("run: {datasets: [fashion_mnist], archs: [resnet_tiny], attacks: [qu_anti_zation], bits: [4],"
-                   " defenses: [lac], seeds: [0]}\neval: {batch_size: 200, backends: []}\n")  # fmt: skip
+                   " defenses: [lac], seeds: [0]}\neval: {batch_size: 200, backends: []}\n"
+                   "attacks: {qu_anti_zation: {epochs: 30}}\n")  # long enough to be killed mid-way  # fmt: skip
     return [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(work),
             "--configfile", *TINY, str(one), "--cores", "1", *args]  # fmt: skip
 
@@ -47,12 +48,15 @@ def test_killed_run_leaves_nothing_half_written_and_rerun_completes_only_the_res
     plan = subprocess.run(_snakemake(tmp_path, "all", "-n"), cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert plan.returncode == 0, plan.stderr[-2000:]
     assert "train_clean" not in plan.stdout and "attack" in plan.stdout
+    # a killed Snakemake leaves its lock behind: the documented recovery is --unlock, then rerun
+    unlock = subprocess.run(_snakemake(tmp_path, "--unlock"), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert unlock.returncode == 0, unlock.stderr[-2000:]
     rerun = subprocess.run(_snakemake(tmp_path, "all", "--rerun-incomplete"), cwd=ROOT, capture_output=True,
                            text=True, timeout=600)  # fmt: skip
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert clean.stat().st_mtime_ns == clean_mtime  # the finished clean model was not recomputed
     df = pd.read_parquet(tmp_path / "results" / "metrics.parquet")
-    assert set(df.defense) == {"none", "lac"} and len(df) == 5
+    assert set(df.defense) == {"none", "lac"} and len(df) == 4  # clean FP, attacked FP, w4 none, w4 lac
 
 
 def test_same_seed_twice_gives_identical_metrics(tmp_path):
