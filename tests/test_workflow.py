@@ -73,3 +73,11 @@ def test_one_cell_is_one_target(tiny_run):
     assert out.returncode == 0
     text = out.stdout + out.stderr
     assert "evaluate" in text and "train_clean" not in text and "attack " not in text
+    # a missing cell is recomputed alone: only its evaluate job runs, nothing upstream
+    (tiny_run / cell).unlink()
+    other = tiny_run / "results/fashion_mnist/resnet_tiny/qu_anti_zation/w4/lac/seed1/model.safetensors"
+    before = other.stat().st_mtime_ns
+    out = snakemake(tiny_run, cell)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "1 of 1 steps (100%) done" in out.stderr and (tiny_run / cell).is_file()
+    assert other.stat().st_mtime_ns == before
