@@ -73,7 +73,7 @@ def table1(df: pd.DataFrame, defenses: list[str] | None = None) -> tuple[str, st
         columns = [(b, a) for b in bits for a in attacks]
         header = ["Defense"] + [f"{b}-bit {a}" for b, a in columns]
         body = _grid(q, rows, columns, "defense", ("bits", "attack"), ("ba", "asr", "der"))
-        seeds = sorted(sub.seed.unique())
+        seeds = sorted(int(s) for s in sub.seed.unique())
         caption = (
             f"Table 1 ({dataset}, {arch}): BA / ASR / DER in %, mean ± std over seeds {seeds}. "
             "ASR excludes target-class images; DER against the no-defense quantized model."
