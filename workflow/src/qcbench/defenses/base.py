@@ -12,6 +12,13 @@ DEFENSES = Registry("defense")
 register_defense = DEFENSES.register
 
 
+def init_params(local_vars: dict) -> dict:
+    """A constructor's keyword arguments from its ``locals()`` (taken first thing in ``__init__``):
+    defenses spell out their parameters in the signature, which the config check binds against,
+    and store them in ``self.params`` without repeating each name."""
+    return {k: v for k, v in local_vars.items() if k not in ("self", "__class__")}
+
+
 class Defense:
     """Base class: :meth:`run` returns the defended *quantized* model (same scheme as ``qmodel``)."""
 

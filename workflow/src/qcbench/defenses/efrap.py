@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from qcbench.defenses.base import register_defense
+from qcbench.defenses.base import init_params, register_defense
 from qcbench.defenses.layerwise import LayerwiseDefense
 from qcbench.quant import FakeQuantizer
 
@@ -102,15 +102,7 @@ class EFRAP(LayerwiseDefense):
         round_weight=0.01,
         early_stop=None,
     ) -> None:
-        super().__init__(
-            iterations=iterations,
-            lr=lr,
-            batch_size=batch_size,
-            calib_batches=calib_batches,
-            beta=beta,
-            round_weight=round_weight,
-            early_stop=early_stop,
-        )
+        super().__init__(**init_params(locals()))
         self._frozen: dict[int, FakeQuantizer] = {}
 
     def begin_unit(self, layer):

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from qcbench.data import ImageSet
-from qcbench.defenses.base import register_defense
+from qcbench.defenses.base import FPDefense, init_params, register_defense
 from qcbench.defenses.ft import FT, PAPER_AUGMENTATION, finetune
 from qcbench.quant import layer_order
 
@@ -108,17 +108,7 @@ class FP(FT):
         calib_images: int = 1024,
         calib_batch_size: int = 32,
     ) -> None:
-        super().__init__(
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            augmentation=augmentation,
-            calib_images=calib_images,
-            calib_batch_size=calib_batch_size,
-        )
-        self.params.update(acc_ratio=acc_ratio, once_prune_ratio=once_prune_ratio)
+        FPDefense.__init__(self, **init_params(locals()))
 
     def purify(self, model, splits, *, seed, device):
         p = self.params

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from qcbench.data import ImageSet
-from qcbench.defenses.base import FPDefense, register_defense
+from qcbench.defenses.base import FPDefense, init_params, register_defense
 from qcbench.train import LossFn, fit
 
 PAPER_AUGMENTATION = {"pad": 4, "flip": True}  # BackdoorBench's CIFAR train transform: RandomCrop(32, 4) + flip
@@ -92,16 +92,7 @@ class FT(FPDefense):
         calib_images: int = 1024,
         calib_batch_size: int = 32,
     ) -> None:
-        super().__init__(
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            augmentation=augmentation,
-            calib_images=calib_images,
-            calib_batch_size=calib_batch_size,
-        )
+        super().__init__(**init_params(locals()))
 
     def ft_kwargs(self) -> dict:
         p = self.params

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from qcbench.defenses.base import FPDefense, register_defense
+from qcbench.defenses.base import FPDefense, init_params, register_defense
 from qcbench.defenses.ft import PAPER_AUGMENTATION, cosine_lr, sgd
 from qcbench.train import fit
 
@@ -104,20 +104,7 @@ class FTSAM(FPDefense):
         calib_images: int = 1024,
         calib_batch_size: int = 32,
     ) -> None:
-        super().__init__(
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            rho=rho,
-            adaptive=adaptive,
-            label_smoothing=label_smoothing,
-            cos_t_max=cos_t_max,
-            augmentation=augmentation,
-            calib_images=calib_images,
-            calib_batch_size=calib_batch_size,
-        )
+        super().__init__(**init_params(locals()))
 
     def purify(self, model, splits, *, seed, device):
         p = self.params

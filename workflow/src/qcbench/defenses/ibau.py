@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from qcbench.defenses.base import FPDefense, register_defense
+from qcbench.defenses.base import FPDefense, init_params, register_defense
 from qcbench.defenses.ft import PAPER_AUGMENTATION
 from qcbench.train import fit
 
@@ -100,19 +100,7 @@ class IBAU(FPDefense):
         calib_images: int = 1024,
         calib_batch_size: int = 32,
     ) -> None:
-        super().__init__(
-            n_rounds=n_rounds,
-            K=K,
-            batch_size=batch_size,
-            lr=lr,
-            delta_lr=delta_lr,
-            inner_lr=inner_lr,
-            reg=reg,
-            portion=portion,
-            augmentation=augmentation,
-            calib_images=calib_images,
-            calib_batch_size=calib_batch_size,
-        )
+        super().__init__(**init_params(locals()))
 
     def purify(self, model, splits, *, seed, device):
         p = self.params

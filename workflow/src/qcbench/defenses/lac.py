@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from qcbench.defenses.base import register_defense
+from qcbench.defenses.base import init_params, register_defense
 from qcbench.defenses.layerwise import LayerwiseDefense, unit_loss
 from qcbench.defenses.units import Unit
 
@@ -83,17 +83,7 @@ class LAC(LayerwiseDefense):
         pda_alpha=1e-3,
         early_stop=None,
     ) -> None:
-        super().__init__(
-            iterations=iterations,
-            lr=lr,
-            batch_size=batch_size,
-            calib_batches=calib_batches,
-            pda=pda,
-            pda_iterations=pda_iterations,
-            gamma=gamma,
-            pda_alpha=pda_alpha,
-            early_stop=early_stop,
-        )
+        super().__init__(**init_params(locals()))
 
     def prepare_inputs(self, qmodel, unit: Unit, inputs):
         p = self.params

@@ -25,7 +25,7 @@ from torch import nn
 from torch.func import functional_call
 
 from qcbench.data import ImageSet
-from qcbench.defenses.base import FPDefense, register_defense
+from qcbench.defenses.base import FPDefense, init_params, register_defense
 from qcbench.defenses.ft import PAPER_AUGMENTATION, cosine_lr, finetune, sgd, steps_per_epoch
 from qcbench.train import fit
 
@@ -106,20 +106,7 @@ class MCR(FPDefense):
         calib_images: int = 1024,
         calib_batch_size: int = 32,
     ) -> None:
-        super().__init__(
-            t=t,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            ft_epochs=ft_epochs,
-            ft_batch_size=ft_batch_size,
-            ft_lr=ft_lr,
-            augmentation=augmentation,
-            calib_images=calib_images,
-            calib_batch_size=calib_batch_size,
-        )
+        super().__init__(**init_params(locals()))
 
     def purify(self, model, splits, *, seed, device):
         p = self.params

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qcbench.defenses.base import FPDefense, register_defense
+from qcbench.defenses.base import FPDefense, init_params, register_defense
 from qcbench.defenses.ft import PAPER_AUGMENTATION, finetune, sgd
 from qcbench.train import fit
 
@@ -76,20 +76,9 @@ class NAD(FPDefense):
         calib_images: int = 1024,
         calib_batch_size: int = 32,
     ) -> None:
-        super().__init__(
-            te_epochs=te_epochs,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            betas=list(betas),
-            p=p,
-            layers=None if layers is None else list(layers),
-            augmentation=augmentation,
-            calib_images=calib_images,
-            calib_batch_size=calib_batch_size,
-        )
+        params = init_params(locals())
+        params.update(betas=list(betas), layers=None if layers is None else list(layers))
+        super().__init__(**params)
 
     def purify(self, model, splits, *, seed, device):
         prm = self.params
