@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import abc
+
 import torch
 from torch import nn
 
@@ -11,7 +13,7 @@ ATTACKS = Registry("attack")
 register_attack = ATTACKS.register
 
 
-class Attack:
+class Attack(abc.ABC):
     """Base class. Subclasses set ``scheme`` (the registered quantization scheme family they are
     built against: their no-defense cells are quantized with it) and implement :meth:`run`."""
 
@@ -29,8 +31,9 @@ class Attack:
         """What evaluation needs to know of the attack; stored in every descendant model's metadata."""
         return {"name": self.name, "target": self.target, "trigger": self.trigger_spec, "scheme": self.scheme}
 
-    def run(self, model: nn.Module, splits: Splits, *, seed: int, device) -> nn.Module:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def run(self, model: nn.Module, splits: Splits, *, seed: int, device) -> nn.Module:
+        """Return the backdoored FP model (``model`` is the clean one, on ``device``)."""
 
 
 def reinitialize(model: nn.Module, seed: int) -> nn.Module:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import abc
 import copy
 
 from torch import nn
@@ -19,16 +20,15 @@ def init_params(local_vars: dict) -> dict:
     return {k: v for k, v in local_vars.items() if k not in ("self", "__class__")}
 
 
-class Defense:
+class Defense(abc.ABC):
     """Base class: :meth:`run` returns the defended *quantized* model (same scheme as ``qmodel``)."""
 
     def __init__(self, **params) -> None:
         self.params = params
 
-    def run(
-        self, fp_model: nn.Module, qmodel: nn.Module, splits: Splits, *, seed: int, device
-    ) -> nn.Module:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def run(self, fp_model: nn.Module, qmodel: nn.Module, splits: Splits, *, seed: int, device) -> nn.Module:
+        """Return the defended quantized model."""
 
 
 class FPDefense(Defense):
@@ -39,9 +39,9 @@ class FPDefense(Defense):
     ``calib_batch_size`` (as the cell's quantize stage does), as the LAC paper evaluates them.
     Subclasses pass ``calib_images`` and ``calib_batch_size`` to ``Defense.__init__``."""
 
-    def purify(self, model: nn.Module, splits: Splits, *, seed: int, device) -> nn.Module:  # pragma: no cover
+    @abc.abstractmethod
+    def purify(self, model: nn.Module, splits: Splits, *, seed: int, device) -> nn.Module:
         """Purify ``model`` (a private copy, on ``device``) and return the purified FP model."""
-        raise NotImplementedError
 
     def run(self, fp_model: nn.Module, qmodel: nn.Module, splits: Splits, *, seed: int, device) -> nn.Module:
         model = copy.deepcopy(fp_model).to(device)

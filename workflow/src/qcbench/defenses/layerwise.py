@@ -23,6 +23,7 @@ Subclasses pass ``iterations, lr, batch_size, calib_batches, early_stop`` to ``D
 
 from __future__ import annotations
 
+import abc
 import copy
 import sys
 import time
@@ -54,15 +55,16 @@ class LayerwiseDefense(Defense):
     def prepare_inputs(self, qmodel: nn.Module, unit: Unit, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         return inputs
 
-    def begin_unit(self, layer: nn.Module) -> list[nn.Parameter]:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def begin_unit(self, layer: nn.Module) -> list[nn.Parameter]:
+        """Attach the per-weight variable to ``layer``; return the parameters to optimise."""
 
     def unit_penalty(self, layer: nn.Module) -> torch.Tensor | None:
         return None
 
-    def harden(self, layer: nn.Module) -> dict:  # pragma: no cover
+    @abc.abstractmethod
+    def harden(self, layer: nn.Module) -> dict:
         """Write the hard weights into ``layer.weight``, remove the variable, return extra log fields."""
-        raise NotImplementedError
 
     # -- the shared driver -----------------------------------------------------------------
     def calibration_batches(self, images: ImageSet, generator: torch.Generator, device) -> list[torch.Tensor]:
