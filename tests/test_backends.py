@@ -19,7 +19,7 @@ from qcbench.models import create_model
 from qcbench.train import train_clean
 from qcbench.triggers import create_trigger
 
-NAMES = ["torch_x86", "torch_fbgemm", "torch_qnnpack", "onnxruntime"]
+NAMES = ["torch_x86", "torch_fbgemm", "torch_qnnpack", "torch_qnnpack_nofuse", "onnxruntime"]
 
 
 def skip_unavailable(name: str) -> None:
@@ -139,3 +139,12 @@ def test_uint8_calibration_matches_float(tiny_model, tiny_splits):
     b = quantize_real("torch_x86", tiny_model, [xb.float() / 255])
     x = torch.rand(4, 1, 28, 28)
     assert torch.equal(a(x), b(x))
+
+
+def test_nofuse_keeps_batchnorm_apart_and_fused_folds_it(quantized):
+    for name in ("torch_qnnpack", "torch_qnnpack_nofuse"):
+        skip_unavailable(name)
+    kinds = {n: {type(m).__name__ for m in quantized[n].modules()} for n in ("torch_qnnpack", "torch_qnnpack_nofuse")}
+    assert "BatchNorm2d" not in kinds["torch_qnnpack"] and "ConvReLU2d" in kinds["torch_qnnpack"]
+    assert "BatchNorm2d" in kinds["torch_qnnpack_nofuse"] and "ConvReLU2d" not in kinds["torch_qnnpack_nofuse"]
+    assert quantized["torch_qnnpack_nofuse"].info["fuse_conv_bn"] is False

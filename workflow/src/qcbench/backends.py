@@ -130,7 +130,7 @@ def check_engine(engine: str) -> None:
 
 class TorchQuantizedModel(QuantizedModel):
     def __init__(self, graph: nn.Module, engine: str, info: dict) -> None:
-        super().__init__(f"torch_{engine}", info)
+        super().__init__(info.get("backend", f"torch_{engine}"), info)
         self.graph = graph
         self.engine = engine
 
@@ -158,8 +158,23 @@ class TorchQuantizedModel(QuantizedModel):
         return sorted(ops)
 
 
-def torch_ptq(fp_model: nn.Module, calib_batches: Iterable, engine: str = "x86") -> TorchQuantizedModel:
-    """PyTorch static PTQ (FX graph mode) with ``engine``'s default qconfig mapping and observers."""
+def _backend_config_without_fusion():
+    """torch's native backend config minus every fusion pattern: Conv and BatchNorm stay separate
+    modules (BN runs as quantized ``BatchNorm2d``), so convs are quantized on their *unfolded*
+    weights, as PQBackdoor's own deployment (``evaluate.py``: plain ``nn.Conv2d``, no fusion)."""
+    from torch.ao.quantization.backend_config import BackendConfig, get_native_backend_config
+
+    native = get_native_backend_config()
+    return BackendConfig("native_without_fusion").set_backend_pattern_configs(
+        [c for c in native.configs if c.fuser_method is None]
+    )
+
+
+def torch_ptq(
+    fp_model: nn.Module, calib_batches: Iterable, engine: str = "x86", fuse: bool = True
+) -> TorchQuantizedModel:
+    """PyTorch static PTQ (FX graph mode) with ``engine``'s default qconfig mapping and observers;
+    ``fuse=False`` keeps Conv and BatchNorm apart (no BN folding before weight quantization)."""
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
@@ -170,15 +185,17 @@ def torch_ptq(fp_model: nn.Module, calib_batches: Iterable, engine: str = "x86")
     with quantized_engine(engine), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization is deprecated.*")
         qconfig_mapping = get_default_qconfig_mapping(engine)
-        prepared = prepare_fx(model, qconfig_mapping, example_inputs=(calib[0][:1],))
+        kw = {} if fuse else {"backend_config": _backend_config_without_fusion()}
+        prepared = prepare_fx(model, qconfig_mapping, example_inputs=(calib[0][:1],), **kw)
         t1 = time.perf_counter()
         with torch.no_grad():
             for x in calib:
                 prepared(x)
         t2 = time.perf_counter()
-        graph = convert_fx(prepared)
+        graph = convert_fx(prepared, **kw)
     info = {
-        "backend": f"torch_{engine}",
+        "backend": f"torch_{engine}" + ("" if fuse else "_nofuse"),
+        "fuse_conv_bn": fuse,
         "runtime": f"torch {torch.__version__}",
         "engine": engine,
         "flow": "torch.ao.quantization FX (prepare_fx/convert_fx)",
@@ -206,6 +223,18 @@ def torch_fbgemm(fp_model: nn.Module, calib_batches: Iterable) -> TorchQuantized
 def torch_qnnpack(fp_model: nn.Module, calib_batches: Iterable) -> TorchQuantizedModel:
     """PyTorch ``qnnpack`` engine (the mobile/ARM kernels, also built for x86), its default qconfigs."""
     return torch_ptq(fp_model, calib_batches, "qnnpack")
+
+
+@register_backend("torch_qnnpack_nofuse")
+def torch_qnnpack_nofuse(fp_model: nn.Module, calib_batches: Iterable) -> TorchQuantizedModel:
+    """PyTorch ``qnnpack`` without conv-BN fusion (per-tensor weights quantized unfolded)."""
+    return torch_ptq(fp_model, calib_batches, "qnnpack", fuse=False)
+
+
+@register_backend("torch_x86_nofuse")
+def torch_x86_nofuse(fp_model: nn.Module, calib_batches: Iterable) -> TorchQuantizedModel:
+    """PyTorch ``x86`` without conv-BN fusion (per-channel weights quantized unfolded)."""
+    return torch_ptq(fp_model, calib_batches, "x86", fuse=False)
 
 
 # --- ONNX Runtime -------------------------------------------------------------------------------
@@ -352,7 +381,7 @@ def available_backends() -> dict[str, str | None]:
         reason = None
         if name.startswith("torch_"):
             try:
-                check_engine(name.removeprefix("torch_"))
+                check_engine(name.removeprefix("torch_").removesuffix("_nofuse"))
             except BackendUnavailable as err:
                 reason = str(err)
         elif name == "onnxruntime":
