@@ -47,6 +47,7 @@ so :func:`qcbench.metrics.evaluate` works on it unchanged.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import copy
 import tempfile
@@ -82,7 +83,7 @@ def _calibration_tensors(calib_batches: Iterable) -> list[torch.Tensor]:
     return out
 
 
-class QuantizedModel(nn.Module):
+class QuantizedModel(nn.Module, abc.ABC):
     """An int8 model from a real runtime; ``forward`` takes [0, 1] images and returns float logits.
 
     ``info`` records the backend, engine/format and timings; :meth:`quantized_ops` lists the
@@ -95,8 +96,9 @@ class QuantizedModel(nn.Module):
         self.backend = backend
         self.info = info
 
+    @abc.abstractmethod
     def quantized_ops(self) -> list[str]:
-        raise NotImplementedError
+        """Names of the integer operators in the converted graph."""
 
 
 # --- PyTorch (torch.ao.quantization, FX graph mode) ------------------------------------------

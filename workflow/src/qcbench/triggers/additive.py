@@ -28,8 +28,8 @@ class _CachedPattern:
             self._cache[shape] = self.make_pattern(*shape)
         return self._cache[shape]
 
-    def make_pattern(self, c: int, h: int, w: int) -> torch.Tensor:
-        raise NotImplementedError
+    def make_pattern(self, c: int, h: int, w: int) -> torch.Tensor:  # overridden by every subclass
+        raise TypeError(f"{type(self).__name__} must define make_pattern(c, h, w)")
 
 
 @register_trigger("blended")
