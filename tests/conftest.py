@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,23 @@ from qcbench.data import load_prepared, prepare_dataset
 from qcbench.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
+TINY_CONFIGS = (ROOT / "config" / "local.yaml", ROOT / "tests" / "tiny" / "config.yaml")
+
+
+def snakemake_cmd(workdir, *args, configs=()) -> list[str]:
+    """The repository's workflow on the tiny config (plus ``configs``), run in ``workdir``."""
+    # --configfile takes every following word, so it comes last
+    return [sys.executable, "-m", "snakemake", *args, "--snakefile", str(ROOT / "Snakefile"), "--directory",
+            str(workdir), "--configfile", *map(str, (*TINY_CONFIGS, *configs))]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Many tiny steps: one thread is faster (and kinder to a shared machine) than two."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def synthetic_images(n: int, size: int, channels: int, classes: int = 10, seed: int = 0):

@@ -25,13 +25,7 @@ def _grid(q, w):
     return s, z
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Many tiny steps: one thread is faster (and kinder to a shared machine) than two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

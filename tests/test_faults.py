@@ -4,7 +4,6 @@ missing; the same seed twice gives identical metrics on CPU."""
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pandas as pd
@@ -12,11 +11,9 @@ import pytest
 from qcbench import stages
 from qcbench.config import load_config
 
-from .conftest import ROOT, write_idx
+from .conftest import ROOT, TINY_CONFIGS, snakemake_cmd, write_idx
 
 pytestmark = pytest.mark.slow
-
-TINY = [str(ROOT / "config" / "local.yaml"), str(ROOT / "tests" / "tiny" / "config.yaml")]
 
 
 def _snakemake(work, *args):
@@ -24,8 +21,7 @@ def _snakemake(work, *args):
     one.write_text("run: {datasets: [fashion_mnist], archs: [resnet_tiny], attacks: [qu_anti_zation], bits: [4],"
                    " defenses: [lac], seeds: [0]}\neval: {batch_size: 200, backends: []}\n"
                    "attacks: {qu_anti_zation: {epochs: 30}}\n")  # long enough to be killed mid-way  # fmt: skip
-    return [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(work),
-            "--configfile", *TINY, str(one), "--cores", "1", *args]  # fmt: skip
+    return snakemake_cmd(work, "--cores", "1", *args, configs=[one])
 
 
 def test_killed_run_leaves_nothing_half_written_and_rerun_completes_only_the_rest(tmp_path):
@@ -60,7 +56,7 @@ def test_killed_run_leaves_nothing_half_written_and_rerun_completes_only_the_res
 
 
 def test_same_seed_twice_gives_identical_metrics(tmp_path):
-    cfg = load_config(*TINY)
+    cfg = load_config(*TINY_CONFIGS)
     write_idx(tmp_path / "idx", n_train=400, n_test=200)
     cfg["data"]["sources"]["fashion_mnist"]["path"] = str(tmp_path / "idx")
     data = tmp_path / "data.safetensors"

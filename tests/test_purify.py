@@ -17,12 +17,7 @@ from tests.conftest import ROOT
 MEAN_STD = ["--mean", "0.3", "--std", "0.3"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -12,13 +12,12 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import pandas as pd
 import pytest
 
-from .conftest import ROOT, write_idx
+from .conftest import ROOT, snakemake_cmd, write_idx
 
 pytestmark = pytest.mark.slow
 
@@ -70,22 +69,7 @@ def slurm_cluster(request):
 
 def _run_snakemake(workdir, *args):
     """snakemake in its own process group; on timeout SIGINT (it scancels its jobs), then SIGKILL."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        *args,
-        "--snakefile",
-        str(ROOT / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--profile",
-        str(PROFILE),
-        "--configfile",
-        str(ROOT / "config" / "local.yaml"),
-        str(ROOT / "tests" / "tiny" / "config.yaml"),
-        str(ROOT / "tests" / "slurm" / "config.yaml"),
-    ]
+    cmd = snakemake_cmd(workdir, *args, "--profile", str(PROFILE), configs=[ROOT / "tests" / "slurm" / "config.yaml"])
     proc = subprocess.Popen(
         cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )

@@ -1,33 +1,18 @@
 """A tiny end-to-end DAG through Snakemake: schema of metrics.parquet, table, and a no-op rerun."""
 
 import subprocess
-import sys
 
 import pandas as pd
 import pytest
 from qcbench.io import METRIC_COLUMNS
 
-from .conftest import ROOT, write_idx
+from .conftest import ROOT, snakemake_cmd, write_idx
 
 pytestmark = pytest.mark.slow
 
 
 def snakemake(workdir, *args, timeout=900):
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(ROOT / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(ROOT / "config" / "local.yaml"),
-        str(ROOT / "tests" / "tiny" / "config.yaml"),
-        "--cores",
-        "2",
-        *args,
-    ]
+    cmd = snakemake_cmd(workdir, "--cores", "2", *args)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
