@@ -9,9 +9,10 @@ SNAKEMAKE := $(VENV)/bin/snakemake
 
 setup: system-packages slurm-conf profiles $(VENV)/.installed
 
-# Debian packages: the real Fashion-MNIST (IDX files under /usr/share/datasets/fashion-mnist) and
+# Debian packages: the real Fashion-MNIST (IDX files under /usr/share/datasets/fashion-mnist),
+# chromium (headless, for the report test) and
 # a single-node SLURM cluster for tests/test_slurm.py (slurmctld, slurmd, slurm-client, munge).
-SYSTEM_PACKAGES := dataset-fashion-mnist slurmctld slurmd slurm-client munge
+SYSTEM_PACKAGES := dataset-fashion-mnist slurmctld slurmd slurm-client munge chromium
 system-packages:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	[ -z "$$missing" ] || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; }
