@@ -12,9 +12,11 @@ except ImportError:  # a checkout without the package installed
 
 from qcbench.config import ConfigError, check_config
 from qcbench.defenses import is_fp_defense
-from qcbench.report import TABLES
+from qcbench.report import TABLES, table_inputs
 
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+# the paper's reported numbers, joined into the tables (config/paper-reference.md)
+PAPER_CSV = str(Path(workflow.basedir) / "config" / "paper-reference.csv")
 try:
     check_config(config, schema_path=SCHEMA)
 except ConfigError as err:

@@ -19,9 +19,12 @@ rule collate:
 
 
 # One rule renders every table; the table is a wildcard dispatched through qcbench.report.TABLES.
+# A table may declare extra collated inputs (qcbench.report.register_table(..., inputs=...)).
 rule table:
     input:
-        "results/metrics.parquet",
+        metrics="results/metrics.parquet",
+        paper=PAPER_CSV,
+        frames=lambda wc: table_inputs(wc.table),
     output:
         md="results/tables/{table}.md",
         tex="results/tables/{table}.tex",
@@ -34,6 +37,6 @@ rule table:
     container:
         "container/qcbench.sif"
     params:
-        defenses=RUN["defenses"],
+        config=config,
     script:
         "../scripts/table.py"

@@ -221,13 +221,28 @@ def collate(paths: list[str], out: str) -> pd.DataFrame:
     return df
 
 
-def render_table(name: str, metrics: str, out_md: str, out_tex: str, **options) -> None:
-    """Render a registered table (``qcbench.report.TABLES``) to Markdown and LaTeX, atomically."""
-    from qcbench.report import TABLES
+def render_table(
+    name: str,
+    metrics: str,
+    outputs: dict[str, str],
+    config: dict | None = None,
+    paper: str | None = None,
+    frames: dict[str, str] | None = None,
+) -> None:
+    """Render a registered table (``qcbench.report.TABLES``) to each format in ``outputs``
+    ({"md": path, "tex": path, …}), atomically. ``paper``: the paper-reference CSV; ``frames``:
+    the extra collated files the table declared (name -> path)."""
+    from qcbench.report import PaperReference, TableContext, render
 
-    md, tex = TABLES.get(name)(pd.read_parquet(metrics), **options)
-    for path, text in ((out_md, md), (out_tex, tex)):
+    ctx = TableContext(
+        metrics=pd.read_parquet(metrics),
+        config=config or {},
+        paper=PaperReference.load(paper),
+        frames={k: pd.read_parquet(v) for k, v in (frames or {}).items()},
+    )
+    texts = render(name, ctx)
+    for fmt_name, path in outputs.items():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(path + ".tmp")
-        tmp.write_text(text)
+        tmp.write_text(texts[fmt_name])
         tmp.replace(path)

@@ -1,0 +1,59 @@
+"""The table contract: blocks rendered to Markdown/LaTeX, the paper's numbers joined by key."""
+
+import pandas as pd
+import pytest
+from qcbench.report import NOT_PRODUCED, Block, PaperReference, TableContext, cell, render, to_markdown
+
+PAPER = pd.DataFrame(
+    [
+        ["T1", "cifar10", "resnet18", "pqbackdoor", "8", "none", "", "ba", "85.16"],
+        ["T1", "cifar10", "resnet18", "pqbackdoor", "8", "lac_pda", "", "asr", "1.64"],
+        ["T4", "cifar10", "resnet18", "pqbackdoor", "", "lac_pda", "gamma=1e-4", "ba", "85.81"],
+    ],
+    columns=[*PaperReference.KEYS, "value"],
+)
+
+
+def _row(defense, bits, ba, asr, seed=0, attack="pq", der=float("nan")):
+    return dict(dataset="fashion_mnist", arch="resnet_tiny", attack=attack, bits=bits, defense=defense,
+                seed=seed, backend="sim", ba=ba, asr=asr, asr_all=asr, der=der)  # fmt: skip
+
+
+def test_paper_lookup_by_key_and_missing_is_none():
+    ref = PaperReference(PAPER)
+    assert ref.value("T1", "ba", "cifar10", "resnet18", "pqbackdoor", 8, "none") == pytest.approx(85.16)
+    assert ref.value("T4", "ba", "cifar10", "resnet18", "pqbackdoor", "", "lac_pda", "gamma=1e-4") == 85.81
+    assert ref.value("T1", "ba", "cifar10", "resnet18", "pqbackdoor", 4, "none") is None
+
+
+def test_cell_mean_std_and_not_produced():
+    g = pd.DataFrame({"ba": [80.0, 82.0], "asr": [1.0, 3.0]})
+    assert cell(g, ("ba", "asr")) == "81.00 ± 1.41 / 2.00 ± 1.41"
+    assert cell(None) == NOT_PRODUCED and cell(g.iloc[:0]) == NOT_PRODUCED
+
+
+def test_table1_joins_paper_values_and_marks_missing_cells():
+    df = pd.DataFrame(
+        [
+            _row("none", 8, 90.0, 95.0),
+            _row("none", 8, 88.0, 97.0, seed=1),
+            _row("lac", 8, 89.0, 2.0, der=95.0),
+            _row("none", 4, 80.0, 90.0),
+            _row("none", 32, 91.0, 3.0),
+        ]  # fmt: skip
+    )
+    ctx = TableContext(
+        df, {"attacks": {"pq": {"method": "pqbackdoor"}}, "run": {"defenses": ["lac"]}}, PaperReference(PAPER)
+    )
+    md = render("table1", ctx)["md"]
+    assert "89.00 ± 1.41 / 96.00 ± 1.41 (paper 85.16 / –)" in md  # no-defense cell beside the paper's
+    assert "(paper – / 1.64 / –)" in md  # the paper's LAC+PDA ASR beside ours
+    assert NOT_PRODUCED in md  # 4-bit LAC cell was not produced
+    assert "Paper values (in parentheses): cifar10, resnet18" in md
+    assert render("table1", ctx)["tex"].startswith(r"\begin{table}")
+
+
+def test_markdown_of_blocks_has_captions_and_notes():
+    md = to_markdown([Block("Table X: cap", ["a", "b"], [["1", "2"]], note="n.b.")])
+    assert md.startswith("**Table X: cap**") and "| 1 | 2 |" in md and md.rstrip().endswith("n.b.")
+    assert to_markdown([]) == "No metrics yet.\n"
