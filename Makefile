@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CORES ?= 2
 SNAKEMAKE := $(VENV)/bin/snakemake
 
-.PHONY: setup system-packages slurm-conf profiles run test test-fast lint format dryrun-paper archive clean
+.PHONY: setup system-packages slurm-conf profiles run test test-fast bench lint format dryrun-paper archive clean
 
 setup: system-packages slurm-conf profiles $(VENV)/.installed
 
@@ -45,6 +45,12 @@ test: setup
 
 test-fast: setup
 	$(VENV)/bin/pytest -q -m "not slow"
+
+# Benchmark suite (tests/benchmarks/, not part of `make test`): writes results/benchmarks/summary.json.
+# BENCH_RUN = a finished local-default run to read (its repository root; default: this checkout).
+BENCH_RUN ?= .
+bench: setup
+	$(PY) -m tests.benchmarks --run $(BENCH_RUN)
 
 lint: setup
 	$(VENV)/bin/ruff check workflow tests
