@@ -22,9 +22,9 @@ rule collate:
 # A table may declare extra collated inputs (qcbench.report.register_table(..., inputs=...)).
 rule table:
     input:
+        unpack(lambda wc: table_inputs(wc.table)),
         metrics="results/metrics.parquet",
         paper=PAPER_CSV,
-        frames=lambda wc: table_inputs(wc.table),
     output:
         md="results/tables/{table}.md",
         tex="results/tables/{table}.tex",
