@@ -12,12 +12,14 @@ configfile: "config/local.yaml"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/common/detection.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/quantize.smk"
 include: "workflow/rules/defend.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/detect.smk"
 
 
 rule all:
@@ -26,6 +28,6 @@ rule all:
         "results/metrics.parquet",
         expand(
             "results/tables/{table}.{ext}",
-            table=["table1", "table8"],
+            table=["table1", "table8", "detection", "table6"],
             ext=["md", "tex"],
         ),

@@ -89,7 +89,8 @@ def cell_metrics():
                             out.append(
                                 f"{base}/{atk}/w8/none/seed{seed}/metrics.{b}.parquet"
                             )
-    return out
+    # Table 6 (PDA as a plug-in): workflow/rules/common/detection.smk
+    return list(dict.fromkeys(out + table6_metrics()))
 
 
 def table_input(wc):

@@ -43,6 +43,7 @@ def semantic_errors(cfg: dict, workdir: str | Path = ".") -> list[str]:
     from qcbench.attacks import ATTACKS
     from qcbench.data import DATASETS
     from qcbench.defenses import DEFENSES
+    from qcbench.detection.checks import detection_errors
     from qcbench.models import MODELS
     from qcbench.quant import SCHEMES
     from qcbench.triggers import create_trigger
@@ -92,6 +93,7 @@ def semantic_errors(cfg: dict, workdir: str | Path = ".") -> list[str]:
                 inspect.signature(DEFENSES.get(spec["method"])).bind(**params)
             except TypeError as err:
                 out.append(f"config key 'defenses.{name}': {err} (defense {spec['method']!r})")
+    out += detection_errors(cfg)
     if cfg["quant"]["default_scheme"] not in SCHEMES:
         out.append(
             f"config key 'quant.default_scheme': unknown scheme {cfg['quant']['default_scheme']!r}; "

@@ -293,3 +293,6 @@ def table8(ctx: TableContext) -> list[Block]:
         )
         blocks.append(Block(rcap, rheader, real))
     return blocks
+
+
+from qcbench.detection import table as _detection_table  # noqa: E402,F401  (registers the detection table)

@@ -221,6 +221,21 @@ def collate(paths: list[str], out: str) -> pd.DataFrame:
     return df
 
 
+def detect(cfg: dict, detector: str, precision: str, data: str, model: str, out: str, keys: dict, threads: int = 1):
+    """One detector of the detection benchmark on one FP model at one precision
+    (:func:`qcbench.detection.run.detect`)."""
+    from qcbench.detection.run import detect as run_detect
+
+    setup(cfg, threads, int(keys["seed"]))
+    return run_detect(cfg, detector, precision, data, model, out, keys)
+
+
+def collate_detection(paths: list[str], out: str) -> pd.DataFrame:
+    from qcbench.detection.run import collate as run_collate
+
+    return run_collate(paths, out)
+
+
 def render_table(
     name: str,
     metrics: str,

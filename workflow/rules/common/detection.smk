@@ -1,0 +1,42 @@
+# Input functions and constants of the detection benchmark (config key `detection`) and of
+# Table 6, PDA as a plug-in (config key `table6`).
+from qcbench.detection import PRECISION_RE
+
+DETECTION = config.get("detection") or {}
+DETECTOR_NAMES = _alt(DETECTION.get("detectors", [])) or "(?!)"
+PRECISION_NAMES = PRECISION_RE.pattern.strip("^$")
+
+
+def detection_files():
+    """Every per-(model, detector, precision) file results/detection.parquet collates: each
+    detection attack at `precisions`, the clean model at `clean_precisions`."""
+    models = [(a, DETECTION["precisions"]) for a in DETECTION.get("attacks", [])]
+    if DETECTION.get("clean_precisions"):
+        models.append(("clean", DETECTION["clean_precisions"]))
+    return [
+        f"results/{ds}/{arch}/{atk}/w32/none/seed{seed}/detect/{det}.{prec}.parquet"
+        for ds in DETECTION.get("datasets", [])
+        for arch in DETECTION.get("archs", [])
+        for atk, precisions in models
+        for seed in DETECTION.get("seeds", [])
+        for det in DETECTION["detectors"]
+        for prec in precisions
+    ]
+
+
+def detector_spec(wc):
+    return DETECTION["settings"][wc.detector]
+
+
+def table6_metrics():
+    """The metrics files of Table 6: each attack's FP model, undefended and purified by each
+    defense (collate adds them to results/metrics.parquet)."""
+    t6 = config.get("table6") or {}
+    return [
+        f"results/{ds}/{arch}/{atk}/w32/{d}/seed{seed}/metrics.parquet"
+        for ds in t6.get("datasets", [])
+        for arch in t6.get("archs", [])
+        for atk in t6.get("attacks", [])
+        for seed in t6.get("seeds", [])
+        for d in ["none", *t6.get("defenses", [])]
+    ]

@@ -1,0 +1,9 @@
+from _log import to_log
+
+to_log(snakemake)  # noqa: F821
+from qcbench import stages  # noqa: E402
+
+sm = snakemake  # noqa: F821
+wc = sm.wildcards
+keys = {"dataset": wc.dataset, "arch": wc.arch, "attack": wc.attack, "seed": wc.seed}
+stages.detect(sm.config, wc.detector, wc.precision, sm.input.data, sm.input.model, sm.output[0], keys, sm.threads)
