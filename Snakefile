@@ -18,6 +18,7 @@ include: "workflow/rules/quantize.smk"
 include: "workflow/rules/defend.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/ablations.smk"
 
 
 rule all:
@@ -26,6 +27,7 @@ rule all:
         "results/metrics.parquet",
         expand(
             "results/tables/{table}.{ext}",
-            table=["table1", "table8"],
+            table=TABLES.names(),
             ext=["md", "tex"],
         ),
+        figure_data(),
