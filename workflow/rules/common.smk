@@ -106,6 +106,11 @@ def figure_data():
     ]
 
 
+def table_input(wc):
+    """The collated metrics, the paper's numbers and any extra collated files the table declared."""
+    return {"metrics": "results/metrics.parquet", "paper": PAPER_CSV, **table_inputs(wc.table)}
+
+
 def clean_spec(wc):
     return config["clean"][wc.dataset]
 

@@ -22,9 +22,7 @@ rule collate:
 # A table may declare extra collated inputs (qcbench.report.register_table(..., inputs=...)).
 rule table:
     input:
-        metrics="results/metrics.parquet",
-        paper=PAPER_CSV,
-        frames=lambda wc: table_inputs(wc.table),
+        unpack(table_input),
     output:
         md="results/tables/{table}.md",
         tex="results/tables/{table}.tex",
