@@ -32,7 +32,6 @@ def test_poison_batches_trigger_the_requested_share():
     assert changed(batches) == 0  # the inputs themselves are untouched
 
 
-@pytest.mark.slow  # ~20 s
 def test_curve_has_every_kind_and_the_benign_run_is_the_lac_defense(tiny_model, tiny_splits, one_torch_thread):
     trigger = create_trigger({"name": "patch"}, 28)
     q = quantize_model(tiny_model, create_scheme("qa", 4))
