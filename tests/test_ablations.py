@@ -84,8 +84,10 @@ def test_cells_follow_run_ablations_and_default_to_run_datasets():
 
 
 def test_table4_gamma_rows_with_paper_values_and_missing_cells():
-    rows = [_row("pq", 8, "none", 88.0, 95.0), _row("pq", 8, "lac_g1e-4", 84.0, 12.0)]
+    rows = [_row("pq", 8, "none", 88.0, 95.0), _row("pq", 8, "none", 80.0, 90.0, seed=1),
+            _row("pq", 8, "lac_g1e-4", 84.0, 12.0)]  # fmt: skip
     md = render("table4", _ctx(rows))["md"]
+    assert "| No defense | 88.00 / 95.00 |" in md  # only the table's seeds (0)
     assert "γ = 1e-4" in md and "γ = 1e-3" in md
     assert md.index("γ = 1e-4") < md.index("γ = 1e-3")  # sorted by γ
     assert "84.00 / 12.00 (paper – / 1.92)" in md

@@ -219,6 +219,7 @@ def table4(ctx: TableContext) -> list[Block]:
     blocks = []
     for ds, arch, ref in _settings(ctx, "table4", spec):
         sub = _pick(df, dataset=ds, arch=arch)
+        sub = sub[sub.seed.isin(spec["seeds"])] if not sub.empty else sub
         columns = [(a, b) for a in spec["attacks"] for b in spec["bits"]]
         body = [
             ["No defense"] + [cell(_pick(sub, attack=a, bits=b, defense="none"), ("ba", "asr")) for a, b in columns]
@@ -231,7 +232,6 @@ def table4(ctx: TableContext) -> list[Block]:
                 variant = f"gamma={_sci(gamma)}" if gamma is not None else ""
                 paper = _paper_pair(ctx, "T4", ref, attack_method(ctx, a), "", "lac_pda", variant)
                 g = _pick(sub, attack=a, bits=b, defense=d)
-                g = g[g.seed.isin(spec["seeds"])] if not g.empty else g
                 line.append(with_paper(cell(g, ("ba", "asr")), paper) + _seeds_note(g, spec["seeds"]))
             body.append(line)
         cap = (
