@@ -20,6 +20,7 @@ include: "workflow/rules/defend.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/detect.smk"
+include: "workflow/rules/ablations.smk"
 
 
 rule all:
@@ -28,6 +29,7 @@ rule all:
         "results/metrics.parquet",
         expand(
             "results/tables/{table}.{ext}",
-            table=["table1", "table8", "detection", "table6"],
+            table=TABLES.names(),
             ext=["md", "tex"],
         ),
+        figure_data(),

@@ -10,6 +10,7 @@ try:
 except ImportError:  # a checkout without the package installed
     sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "src"))
 
+from qcbench.ablations import ablation_cells
 from qcbench.config import ConfigError, check_config
 from qcbench.defenses import is_fp_defense
 from qcbench.report import TABLES, table_inputs
@@ -65,7 +66,7 @@ def undefended_model(wc):
 
 def cell_metrics():
     """Every metrics file `all` needs: clean and attacked FP models, each bit width without and
-    with each defense."""
+    with each defense, and the ablation tables' cells."""
     out = []
     for ds in RUN["datasets"]:
         for arch in RUN["archs"]:
@@ -89,8 +90,21 @@ def cell_metrics():
                             out.append(
                                 f"{base}/{atk}/w8/none/seed{seed}/metrics.{b}.parquet"
                             )
-    # Table 6 (PDA as a plug-in): workflow/rules/common/detection.smk
-    return list(dict.fromkeys(out + table6_metrics()))
+    # the cells of the ablation tables in run.ablations (qcbench.ablations) and of Table 6 (PDA as
+    # a plug-in: workflow/rules/common/detection.smk), each once
+    return list(dict.fromkeys(out + ablation_cells(config, FP_DEFENSES) + table6_metrics()))
+
+
+def figure_data():
+    """Figure 2's LAC curve (figures.fig2) for every run dataset and arch; none when unset."""
+    fig2 = (config.get("figures") or {}).get("fig2")
+    if not fig2:
+        return []
+    return [
+        f"results/{ds}/{arch}/{fig2['attack']}/w{fig2['bits']}/lac/seed{fig2['seed']}/lac_curve.parquet"
+        for ds in RUN["datasets"]
+        for arch in RUN["archs"]
+    ]
 
 
 def table_input(wc):

@@ -39,7 +39,18 @@ def schema_errors(cfg: dict, schema_path: str | Path = SCHEMA) -> list[str]:
     return out
 
 
+def _named(cfg: dict, kind: str) -> list[tuple[str, str]]:
+    """(config key, name) of each attack or defense the run and the ablations use, first key only."""
+    from qcbench.ablations import referenced
+
+    seen: dict[str, str] = {}
+    for key, name in [(f"run.{kind}.{i}", n) for i, n in enumerate(cfg["run"][kind])] + referenced(cfg, kind):
+        seen.setdefault(name, key)
+    return [(key, name) for name, key in seen.items()]
+
+
 def semantic_errors(cfg: dict, workdir: str | Path = ".") -> list[str]:
+    from qcbench.ablations import config_errors as ablation_errors
     from qcbench.attacks import ATTACKS
     from qcbench.data import DATASETS
     from qcbench.defenses import DEFENSES
@@ -62,10 +73,10 @@ def semantic_errors(cfg: dict, workdir: str | Path = ".") -> list[str]:
     for i, arch in enumerate(run["archs"]):
         if arch not in MODELS:
             out.append(f"config key 'run.archs.{i}': unknown arch {arch!r}; registered: {MODELS.names()}")
-    for i, name in enumerate(run["attacks"]):
+    for key, name in _named(cfg, "attacks"):
         spec = cfg["attacks"].get(name)
         if spec is None:
-            out.append(f"config key 'run.attacks.{i}': attack {name!r} has no entry under 'attacks'")
+            out.append(f"config key '{key}': attack {name!r} has no entry under 'attacks'")
             continue
         method = spec.get("method", name)
         if method not in ATTACKS:
@@ -78,10 +89,10 @@ def semantic_errors(cfg: dict, workdir: str | Path = ".") -> list[str]:
             out.append(
                 f"config key 'attacks.{name}.scheme': unknown scheme {spec['scheme']!r}; registered: {SCHEMES.names()}"
             )
-    for i, name in enumerate(run["defenses"]):
+    for key, name in _named(cfg, "defenses"):
         spec = cfg["defenses"].get(name)
         if spec is None:
-            out.append(f"config key 'run.defenses.{i}': defense {name!r} has no entry under 'defenses'")
+            out.append(f"config key '{key}': defense {name!r} has no entry under 'defenses'")
         elif spec["method"] not in DEFENSES:
             out.append(
                 f"config key 'defenses.{name}.method': unknown defense {spec['method']!r}; "
@@ -94,6 +105,7 @@ def semantic_errors(cfg: dict, workdir: str | Path = ".") -> list[str]:
             except TypeError as err:
                 out.append(f"config key 'defenses.{name}': {err} (defense {spec['method']!r})")
     out += detection_errors(cfg)
+    out += ablation_errors(cfg)
     if cfg["quant"]["default_scheme"] not in SCHEMES:
         out.append(
             f"config key 'quant.default_scheme': unknown scheme {cfg['quant']['default_scheme']!r}; "

@@ -261,3 +261,23 @@ def render_table(
         tmp = Path(path + ".tmp")
         tmp.write_text(texts[fmt_name])
         tmp.replace(path)
+
+
+def lac_curve(cfg: dict, seed: int, data: str, quantized: str, out: str, keys: dict, threads: int = 1) -> None:
+    """Figure 2's data for one cell (``figures.fig2``): LAC+PDA (defense ``lac``) on benign, mixed
+    and all-poisoned defender data, BA/ASR against the iteration (:mod:`qcbench.lac_curve`)."""
+    from qcbench.lac_curve import eval_subset
+    from qcbench.lac_curve import lac_curve as run_curve
+
+    device = setup(cfg, threads, seed)
+    splits = load_prepared(data)
+    qmodel, meta = io.load_model(quantized, device)
+    trigger, target = _attack_of(meta, splits.meta["image_size"])
+    fig = cfg["figures"]["fig2"]
+    params = {k: v for k, v in cfg["defenses"]["lac"].items() if k != "method"}
+    df = run_curve(
+        qmodel, splits, trigger, target, params, seed=seed, eval_every=fig["eval_every"],
+        poison_fraction=fig.get("poison_fraction", 0.1), test=eval_subset(splits.test, fig.get("test_images")),
+        batch_size=cfg["eval"]["batch_size"], device=device,
+    )  # fmt: skip
+    io.write_parquet(df.assign(**keys, config_hash=meta["config_hash"]), out)

@@ -1,7 +1,7 @@
 """Attack registry. An attack turns a clean FP model (or nothing) into a backdoored FP model and
 declares the quantization scheme family it targets."""
 
-from qcbench.attacks import adaptive, badnets, compartifact, pqbackdoor, qu_anti_zation  # noqa: F401  (registers)
+from qcbench.attacks import adaptive, badnets, clean_qat, compartifact, pqbackdoor, qu_anti_zation  # noqa: F401  (registers)
 from qcbench.attacks.base import ATTACKS, Attack, create_attack, register_attack
 
 __all__ = ["ATTACKS", "Attack", "create_attack", "register_attack"]

@@ -50,6 +50,8 @@ class LayerwiseDefense(Defense):
     (:meth:`harden`), and may transform the cached inputs (:meth:`prepare_inputs`)."""
 
     label = "layerwise"  # used in progress messages
+    # optional fn(qmodel, iteration) called after every optimiser step (Figure 2's curve)
+    on_step = None
 
     # -- what subclasses implement ---------------------------------------------------------
     def prepare_inputs(self, qmodel: nn.Module, unit: Unit, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -143,6 +145,8 @@ class LayerwiseDefense(Defense):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if self.on_step is not None:
+                self.on_step(qmodel, it)
             last, rec = loss.item(), rec_t.item()
             if it == 1:
                 first = last

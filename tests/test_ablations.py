@@ -1,0 +1,162 @@
+"""The ablation tables (qcbench.ablations): cells from the config, paper values joined by key,
+"not yet produced" where a cell is missing; the cells `all` plans."""
+
+import pandas as pd
+import pytest
+from qcbench.ablations import ablation_cells, ablation_specs, table_spec
+from qcbench.config import ConfigError, check_config, load_config
+from qcbench.report import NOT_PRODUCED, TABLES, PaperReference, TableContext, render
+
+from .conftest import ROOT
+
+PAPER = pd.DataFrame(
+    [
+        ["T4", "cifar10", "resnet18", "pqbackdoor", "", "lac_pda", "gamma=1e-4", "asr", "1.92"],
+        ["T4", "cifar10", "resnet18", "pqbackdoor", "", "lac_pda", "gamma=1e-3", "ba", "85.87"],
+        ["T5", "cifar10", "resnet18", "pqbackdoor", "8", "lac", "components=lac", "ba", "86.05"],
+        ["T5", "cifar10", "resnet18", "pqbackdoor", "8", "lac", "components=lac", "ba_std", "0.44"],
+        ["T5", "cifar10", "resnet18", "pqbackdoor", "8", "lac_pda", "components=lac+pda", "asr", "1.64"],
+        ["T7", "cifar10", "", "adaptive", "", "lac_pda", "", "asr", "1.65"],
+        ["T9", "cifar10", "resnet18", "clean", "4", "standard_quant", "", "ba", "91.33"],
+        ["T9", "cifar10", "resnet18", "clean", "32", "none_fp", "", "ba", "93.59"],
+        ["T10", "cifar10", "resnet18", "pqbackdoor", "8", "none", "trigger=3x3", "asr", "98.82"],
+        ["T10", "cifar10", "resnet18", "pqbackdoor", "32", "none_fp", "trigger=6x6", "ba", "92.10"],
+        ["T12", "cifar10", "resnet18", "pqbackdoor", "8", "lac_pda", "trigger_type=wanet", "asr", "0.78"],
+    ],
+    columns=[*PaperReference.KEYS, "value"],
+)
+
+LAC = {"method": "lac", "pda": True, "gamma": 1e-3}
+CONFIG = {
+    "run": {"datasets": ["fashion_mnist"], "archs": ["resnet_tiny"], "seeds": [0, 1], "bits": [8, 4],
+            "attacks": ["pq"], "defenses": ["lac"], "ablations": list(TABLES.names())},
+    "attacks": {
+        "pq": {"method": "pqbackdoor", "trigger": {"name": "patch", "size": 0.1875}},
+        "pq3": {"method": "pqbackdoor", "trigger": {"name": "patch", "size": 0.09375}},
+        "pq_wanet": {"method": "pqbackdoor", "trigger": {"name": "wanet"}},
+        "adaptive": {"method": "adaptive", "trigger": {"name": "patch"}},
+        "clean_qat": {"method": "clean_qat", "trigger": {"name": "patch"}},
+    },
+    "defenses": {"lac": LAC, "lac_only": LAC | {"pda": False}, "lac_g1e-4": LAC | {"gamma": 1e-4}},
+    "ablations": {
+        "table4": {"attacks": ["pq"], "bits": [8], "defenses": ["lac_g1e-4", "lac"], "seeds": [0]},
+        "table5": {"attacks": ["pq"], "bits": [8], "defenses": ["lac_only", "lac"], "seeds": [0, 1, 2]},
+        "table7": {"attacks": ["adaptive"], "bits": [4], "defenses": ["lac"], "seeds": [0]},
+        "table9": {"attacks": ["clean_qat"], "bits": [8, 4], "defenses": ["lac"], "seeds": [0]},
+        "table10": {"attacks": ["pq3", "pq"], "bits": [8], "defenses": ["lac"], "seeds": [0]},
+        "table12": {"attacks": ["pq_wanet"], "bits": [8], "defenses": ["lac"], "seeds": [0]},
+    },
+}  # fmt: skip
+
+
+def _row(attack, bits, defense, ba, asr, seed=0):
+    return dict(dataset="fashion_mnist", arch="resnet_tiny", attack=attack, bits=bits, defense=defense, seed=seed,
+                backend="sim", ba=ba, asr=asr, asr_all=asr, der=float("nan"))  # fmt: skip
+
+
+def _ctx(rows, config=CONFIG):
+    return TableContext(pd.DataFrame(rows), config, PaperReference(PAPER))
+
+
+def test_ablation_tables_are_registered():
+    assert {"table4", "table5", "table7", "table9", "table10", "table12"} <= set(TABLES.names())
+
+
+def test_cells_cover_fp_nodefense_and_defended_once():
+    cells = ablation_cells(CONFIG)
+    assert len(cells) == len(set(cells))
+    base = "results/fashion_mnist/resnet_tiny"
+    assert f"{base}/pq/w8/lac_g1e-4/seed0/metrics.parquet" in cells
+    assert f"{base}/pq/w8/lac_only/seed2/metrics.parquet" in cells  # T5's third seed
+    assert f"{base}/pq/w32/none/seed2/metrics.parquet" in cells and f"{base}/pq/w8/none/seed2/metrics.parquet" in cells
+    assert f"{base}/clean_qat/w4/lac/seed0/metrics.parquet" in cells
+    assert not any("/w4/" in c for c in cells if "/pq_wanet/" in c)  # T12 is 8-bit only
+    # T4 and T10 both need pq w8 lac seed 0: listed once
+    assert cells.count(f"{base}/pq/w8/lac/seed0/metrics.parquet") == 1
+
+
+def test_cells_follow_run_ablations_and_default_to_run_datasets():
+    cfg = {**CONFIG, "run": {**CONFIG["run"], "ablations": ["table7"]}}
+    assert set(ablation_specs(cfg)) == {"table7"}
+    assert all("/adaptive/" in c for c in ablation_cells(cfg))
+    assert ablation_cells({**CONFIG, "run": {**CONFIG["run"], "ablations": []}}) == []
+    assert table_spec(CONFIG, "table7")["datasets"] == ["fashion_mnist"]
+
+
+def test_table4_gamma_rows_with_paper_values_and_missing_cells():
+    rows = [_row("pq", 8, "none", 88.0, 95.0), _row("pq", 8, "none", 80.0, 90.0, seed=1),
+            _row("pq", 8, "lac_g1e-4", 84.0, 12.0)]  # fmt: skip
+    md = render("table4", _ctx(rows))["md"]
+    assert "| No defense | 88.00 / 95.00 |" in md  # only the table's seeds (0)
+    assert "γ = 1e-4" in md and "γ = 1e-3" in md
+    assert md.index("γ = 1e-4") < md.index("γ = 1e-3")  # sorted by γ
+    assert "84.00 / 12.00 (paper – / 1.92)" in md
+    assert NOT_PRODUCED + " (paper 85.87 / –)" in md  # γ = 1e-3 cell missing, paper value still shown
+    assert "Paper values (in parentheses): cifar10, resnet18" in md
+
+
+def test_table5_mean_std_over_seeds_and_paper_std():
+    rows = [_row("pq", 8, "lac_only", 84.0 + s, 10.0 + s, seed=s) for s in (0, 1, 2)]
+    rows += [_row("pq", 8, "lac", 84.0, 2.0, seed=s) for s in (0, 1)]
+    md = render("table5", _ctx(rows))["md"]
+    assert "85.00 ± 1.00 (paper 86.05 ± 0.44)" in md  # LAC alone: mean ± std of 3 seeds beside the paper's
+    assert "[2 of 3 seeds]" in md  # LAC+PDA has only two seeds so far
+    assert "(paper 1.64)" in md
+    lines = {r.split("|")[1].strip(): r for r in md.splitlines() if r.startswith("| ")}
+    assert "LAC" in lines and "LAC+PDA" in lines and "No defense" in lines
+    assert NOT_PRODUCED in lines["No defense"]
+
+
+def test_table7_9_10_12_layouts():
+    rows = [
+        _row("adaptive", 32, "none", 89.0, 5.0), _row("adaptive", 4, "none", 87.0, 90.0),
+        _row("clean_qat", 32, "none", 88.0, 1.0), _row("clean_qat", 4, "none", 86.0, 1.0),
+        _row("pq3", 8, "none", 88.0, 97.0), _row("pq", 32, "none", 85.0, 14.0),
+        _row("pq_wanet", 8, "lac", 84.0, 3.0),
+    ]  # fmt: skip
+    ctx = _ctx(rows)
+    t7 = render("table7", ctx)["md"]
+    assert "4-bit, LAC+PDA" in t7 and "(paper – / 1.65)" in t7 and "87.00 / 90.00" in t7
+    assert "Paper values (in parentheses): cifar10." in t7  # the paper's T7 names no architecture
+    t9 = render("table9", ctx)["md"]
+    assert "4-bit, standard quantization" in t9 and "86.00 (paper 91.33)" in t9 and "88.00 (paper 93.59)" in t9
+    assert "1.00" not in t9  # accuracy only
+    t10 = render("table10", ctx)["md"]
+    assert "3x3 (pq3, 3 px here)" in t10 and "6x6 (pq, 5 px here)" in t10
+    assert "88.00 / 97.00 (paper – / 98.82)" in t10 and "85.00 / 14.00 (paper 92.1 / –)" in t10
+    t12 = render("table12", ctx)["md"]
+    assert "wanet (pq_wanet)" in t12 and "84.00 / 3.00 (paper – / 0.78)" in t12
+    assert "4-bit" not in t12
+
+
+@pytest.mark.parametrize("name", ["table4", "table5", "table7", "table9", "table10", "table12"])
+def test_tables_render_without_metrics_or_config(name):
+    out = render(name, _ctx([_row("other", 8, "none", 1.0, 1.0)]))
+    assert NOT_PRODUCED in out["md"] and out["tex"].startswith(r"\begin{table}")
+    empty = render(name, TableContext(pd.DataFrame([_row("x", 8, "none", 1, 1)]), {"run": CONFIG["run"]}))
+    assert "no cells configured" in empty["md"]
+
+
+def test_shipped_configs_define_every_ablation_and_fig2():
+    six = {"table4", "table5", "table7", "table9", "table10", "table12"}
+    for files in [(ROOT / "config/local.yaml",), (ROOT / "config/local.yaml", ROOT / "config/config.yaml")]:
+        cfg = check_config(load_config(*files), workdir=ROOT)
+        assert set(cfg["ablations"]) == six and set(cfg["run"]["ablations"]) <= six
+        assert "table5" in cfg["run"]["ablations"]
+        assert len(table_spec(cfg, "table5")["seeds"]) >= 3
+        assert cfg["figures"]["fig2"]["attack"] in cfg["attacks"]
+        lac = cfg["defenses"]["lac"]
+        for name, spec in cfg["defenses"].items():  # the ablation variants differ from lac in one key only
+            if name.startswith("lac_"):
+                assert sum(spec.get(k) != v for k, v in lac.items()) == 1, name
+    assert set(cfg["run"]["ablations"]) == six  # the paper config builds every table
+
+
+def test_config_names_a_missing_ablation_entry():
+    cfg = load_config(ROOT / "config/local.yaml")
+    cfg["ablations"]["table4"]["defenses"].append("lac_g7")
+    del cfg["ablations"]["table9"]
+    with pytest.raises(ConfigError) as err:
+        check_config(cfg, workdir=ROOT)
+    msg = str(err.value)
+    assert "ablations.table4.defenses" in msg and "'lac_g7'" in msg and "run.ablations" in msg and "table9" in msg

@@ -1,0 +1,53 @@
+"""The ablation cells and Figure 2's curve are planned by `all` (dry run on the tiny config) when
+run.ablations / figures.fig2 name them, and not otherwise."""
+
+import subprocess
+
+import pytest
+
+from .conftest import ROOT, snakemake_cmd, write_idx
+
+pytestmark = pytest.mark.slow  # two dry runs: ~30 s on an idle machine
+
+ON = """
+run:
+  ablations: [table4, table5, table7, table9, table10, table12]
+figures:
+  fig2: {attack: qu_anti_zation, bits: 4, seed: 0, eval_every: 5}
+"""
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    work = tmp_path_factory.mktemp("ablations_dag")
+    write_idx(work / "tiny_fmnist", n_train=200, n_test=100)
+    (work / "on.yaml").write_text(ON)
+    return work
+
+
+def dry_run(workdir, *configs) -> str:
+    out = subprocess.run(snakemake_cmd(workdir, "-n", "all", configs=configs), capture_output=True, text=True,
+                         cwd=ROOT, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout + out.stderr
+
+
+def test_ablation_cells_planned_only_when_enabled(workdir):
+    base = "results/fashion_mnist/resnet_tiny"
+    on = dry_run(workdir, workdir / "on.yaml")
+    for cell in [
+        f"{base}/pqbackdoor/w8/lac_g1e-4/seed0/metrics.parquet",  # T4
+        f"{base}/pqbackdoor/w8/lac_only/seed2/metrics.parquet",  # T5's third seed
+        f"{base}/adaptive/w4/lac/seed0/metrics.parquet",  # T7
+        f"{base}/clean_qat/w8/none/seed0/metrics.parquet",  # T9
+        f"{base}/pq_trigger3/w32/none/seed0/metrics.parquet",  # T10
+        f"{base}/pq_wanet/w8/lac/seed0/metrics.parquet",  # T12
+        f"{base}/qu_anti_zation/w4/lac/seed0/lac_curve.parquet",  # Figure 2
+    ]:
+        assert cell in on, cell
+    assert "rule lac_curve:" in on and "results/tables/table10.md" in on
+    assert f"{base}/clean/w32/none/seed2/model.safetensors" in on  # T5 needs a third seed's models
+    off = dry_run(workdir)  # the tiny config sets run.ablations: [] and figures.fig2: null
+    assert "lac_g1e-4" not in off and "clean_qat" not in off and "lac_curve" not in off and "seed2" not in off
+    assert f"{base}/qu_anti_zation/w4/lac/seed0/metrics.parquet" in off  # the main run is unchanged
+    assert "results/tables/table10.md" in off  # the tables still render ("not yet produced")

@@ -1,0 +1,363 @@
+"""The LAC paper's ablations: which cells each ablation table needs, and the tables themselves.
+
+The config's ``ablations:`` section names, per paper table, the cells it needs (``attacks``,
+``bits``, ``defenses`` besides "none", ``seeds``; ``datasets``/``archs`` default to ``run``'s);
+``run.ablations`` lists the tables whose cells ``all`` builds. :func:`ablation_cells` turns them
+into metrics paths (every attack's FP model and no-defense cells included), which the workflow
+adds to the main run's cells; the generic attack/quantize/defend/evaluate rules build them.
+
+Tables (registered with :func:`qcbench.report.register_table`, paper values beside ours):
+
+| table | paper | what varies | rows × columns |
+| --- | --- | --- | --- |
+| ``table4`` | T4 | PDA's γ (defenses of method ``lac`` with ``gamma``) | γ × (attack, bits) |
+| ``table5`` | T5 | LAC alone vs LAC+PDA, mean ± std over seeds | components × (attack, bits) |
+| ``table7`` | T7 | the adaptive attack | model × (attack, bits) |
+| ``table9`` | T9 | clean QAT models: standard quantization vs LAC+PDA | model × attack (BA only) |
+| ``table10`` | T10 | PQBackdoor trigger sizes (patch ``size`` × 32 px = the paper's 3×3/4×4/6×6) | model × attack |
+| ``table12`` | T12 | PQBackdoor with input-aware and WaNet triggers | model × attack |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pandas as pd
+
+from qcbench.report import (
+    NOT_PRODUCED,
+    Block,
+    TableContext,
+    attack_method,
+    cell,
+    fmt,
+    paper_defense,
+    reference_setting,
+    register_table,
+    with_paper,
+)
+
+TABLES = ("table4", "table5", "table7", "table9", "table10", "table12")
+SPEC_KEYS = ("datasets", "archs", "attacks", "bits", "defenses", "seeds")
+# image side per dataset, only to print a patch trigger's size in pixels
+IMAGE_SIZES = {"fashion_mnist": 28, "cifar10": 32}
+
+
+# -- cells -----------------------------------------------------------------------------------
+def table_spec(cfg: Mapping, table: str) -> dict | None:
+    """The cells of one ablation table (``ablations.<table>``, datasets/archs defaulting to
+    ``run``'s), or None when the config has no entry for it."""
+    entry = (cfg.get("ablations") or {}).get(table)
+    if not entry:
+        return None
+    run = cfg.get("run") or {}
+    spec = {k: list(entry.get(k) or run.get(k) or []) for k in SPEC_KEYS}
+    spec["defenses"] = [d for d in spec["defenses"] if d != "none"]
+    return spec
+
+
+def ablation_specs(cfg: Mapping) -> dict[str, dict]:
+    """{table: spec} for every table in ``run.ablations`` (what ``all`` builds)."""
+    enabled = (cfg.get("run") or {}).get("ablations") or []
+    return {t: s for t in enabled if (s := table_spec(cfg, t)) is not None}
+
+
+def ablation_cells(cfg: Mapping, fp_defenses=()) -> list[str]:
+    """Metrics files of every enabled ablation table's cells, in order, without duplicates: each
+    attack's FP model, its no-defense quantized cells and its defended cells (an FP-level
+    defense in ``fp_defenses`` also gets its purified FP model's row)."""
+    out: list[str] = []
+    for spec in ablation_specs(cfg).values():
+        for ds in spec["datasets"]:
+            for arch in spec["archs"]:
+                for seed in spec["seeds"]:
+                    for atk in spec["attacks"]:
+                        base = f"results/{ds}/{arch}/{atk}"
+                        out.append(f"{base}/w32/none/seed{seed}/metrics.parquet")
+                        out += [f"{base}/w32/{d}/seed{seed}/metrics.parquet" for d in spec["defenses"]
+                                if d in fp_defenses]  # fmt: skip
+                        for bits in spec["bits"]:
+                            for d in ["none", *spec["defenses"]]:
+                                out.append(f"{base}/w{bits}/{d}/seed{seed}/metrics.parquet")
+    return list(dict.fromkeys(out))
+
+
+def config_errors(cfg: Mapping) -> list[str]:
+    """Tables and datasets in ``run.ablations`` / ``ablations:`` that point nowhere, and Figure 2's
+    missing ``lac`` defense (attack and defense names are checked with the run's, see
+    :func:`referenced`)."""
+    out = []
+    abl = cfg.get("ablations") or {}
+    for i, t in enumerate((cfg.get("run") or {}).get("ablations") or []):
+        if t not in abl:
+            out.append(f"config key 'run.ablations.{i}': table {t!r} has no entry under 'ablations'")
+    for t, entry in abl.items():
+        for i, ds in enumerate((entry or {}).get("datasets") or []):
+            if ds not in cfg["data"]["sources"]:
+                out.append(f"config key 'ablations.{t}.datasets.{i}': no data source for {ds!r}")
+    fig2 = (cfg.get("figures") or {}).get("fig2")
+    if fig2:
+        if (cfg["defenses"].get("lac") or {}).get("method") != "lac":
+            out.append("config key 'figures.fig2': needs a defense 'lac' of method 'lac' (LAC+PDA) under 'defenses'")
+    return out
+
+
+def referenced(cfg: Mapping, kind: str) -> list[tuple[str, str]]:
+    """(config key, name) of every attack or defense the ablation tables and figures use."""
+    out = []
+    for t, entry in (cfg.get("ablations") or {}).items():
+        out += [(f"ablations.{t}.{kind}.{i}", n) for i, n in enumerate((entry or {}).get(kind) or []) if n != "none"]
+    fig2 = (cfg.get("figures") or {}).get("fig2")
+    if fig2 and kind == "attacks":
+        out.append(("figures.fig2.attack", fig2["attack"]))
+    return out
+
+
+# -- shared rendering helpers -----------------------------------------------------------------
+def _sim(ctx: TableContext) -> pd.DataFrame:
+    df = ctx.metrics
+    return df[df.backend == "sim"] if "backend" in df.columns else df
+
+
+def _pick(df: pd.DataFrame, **keys) -> pd.DataFrame:
+    for k, v in keys.items():
+        df = df[df[k] == v]
+    return df
+
+
+def _settings(ctx: TableContext, table: str, spec: dict):
+    for ds in spec["datasets"]:
+        for arch in spec["archs"]:
+            yield ds, arch, reference_setting(ctx, table.upper().replace("TABLE", "T"), ds, arch)
+
+
+def _note(ds: str, arch: str, ref: tuple[str, str]) -> str:
+    if ref == (ds, arch):
+        return ""
+    shown = ", ".join(r for r in ref if r)
+    return f" Paper values (in parentheses): {shown}."
+
+
+def _spec_or_none(ctx: TableContext, table: str) -> dict | None:
+    return table_spec(ctx.config, table)
+
+
+def _empty(table: str, title: str) -> list[Block]:
+    return [Block(f"{title}: no cells configured (config key 'ablations.{table}').", ["–"], [[NOT_PRODUCED]])]
+
+
+def _seeds_note(group: pd.DataFrame, want: list[int]) -> str:
+    have = sorted(int(s) for s in group.seed.unique()) if not group.empty else []
+    return "" if group.empty or len(have) >= len(want) else f" [{len(have)} of {len(want)} seeds]"
+
+
+def _sci(x: float) -> str:
+    """1e-4, 5e-3 … as the paper's reference keys write γ."""
+    mant, exp = f"{float(x):.0e}".split("e")
+    return f"{mant}e{int(exp)}"
+
+
+def _defense_label(ctx: TableContext, d: str) -> str:
+    spec = (ctx.config.get("defenses") or {}).get(d) or {}
+    if spec.get("method") == "lac":
+        return "LAC+PDA" if spec.get("pda", True) else "LAC"
+    return {"efrap": "EFRAP"}.get(spec.get("method", d), d)
+
+
+def _paper_pair(ctx, table, ref, attack, bits, defense, variant="", metrics=("ba", "asr")):
+    return [ctx.paper.value(table, m, ref[0], ref[1], attack, bits, defense, variant) for m in metrics]
+
+
+def _model_rows(ctx: TableContext, spec: dict) -> list[tuple[str, int, str]]:
+    """(label, bits, defense) rows: the FP model, then per bit width no defense and each defense."""
+    rows = [("Full precision", 32, "none")]
+    for b in spec["bits"]:
+        rows.append((f"{b}-bit, no defense", b, "none"))
+        rows += [(f"{b}-bit, {_defense_label(ctx, d)}", b, d) for d in spec["defenses"]]
+    return rows
+
+
+def _model_block(ctx, table, title, spec, variant_of, metrics=("ba", "asr"), paper_bits=True, column_of=None):
+    """The layout of Tables 7, 9, 10, 12: rows = FP model and (bits, defense), columns = attacks."""
+    df = _sim(ctx)
+    tid = table.replace("table", "T")
+    column_of = column_of or (lambda a: a)
+    blocks = []
+    for ds, arch, ref in _settings(ctx, table, spec):
+        sub = _pick(df, dataset=ds, arch=arch)
+        sub = sub[sub.seed.isin(spec["seeds"])] if not sub.empty else sub
+        body = []
+        for label, bits, d in _model_rows(ctx, spec):
+            line = [label]
+            for a in spec["attacks"]:
+                pd_name = (
+                    "standard_quant" if (table == "table9" and d == "none" and bits != 32) else paper_defense(d, bits)
+                )
+                paper_atk = "clean" if table == "table9" else attack_method(ctx, a)
+                pb = bits if paper_bits else ""
+                paper = _paper_pair(ctx, tid, ref, paper_atk, pb, pd_name, variant_of(a), metrics)
+                g = _pick(sub, attack=a, bits=bits, defense=d)
+                line.append(with_paper(cell(g, metrics), paper) + _seeds_note(g, spec["seeds"]))
+            body.append(line)
+        seeds = ", ".join(map(str, spec["seeds"]))
+        what = " / ".join(m.upper() for m in metrics)
+        cap = f"{title} ({ds}, {arch}): {what} in %, seed(s) {seeds}." + _note(ds, arch, ref)
+        blocks.append(Block(cap, ["Model"] + [column_of(a) for a in spec["attacks"]], body))
+    return blocks
+
+
+# -- the tables -------------------------------------------------------------------------------
+@register_table("table4")
+def table4(ctx: TableContext) -> list[Block]:
+    """Paper Table 4: LAC+PDA under PDA bounds γ (PQBackdoor); rows γ, cells BA / ASR."""
+    spec = _spec_or_none(ctx, "table4")
+    if spec is None:
+        return _empty("table4", "Table 4 (PDA bound γ)")
+    defs = ctx.config.get("defenses") or {}
+    rows = sorted(spec["defenses"], key=lambda d: float((defs.get(d) or {}).get("gamma", float("inf"))))
+    df = _sim(ctx)
+    blocks = []
+    for ds, arch, ref in _settings(ctx, "table4", spec):
+        sub = _pick(df, dataset=ds, arch=arch)
+        sub = sub[sub.seed.isin(spec["seeds"])] if not sub.empty else sub
+        columns = [(a, b) for a in spec["attacks"] for b in spec["bits"]]
+        body = [
+            ["No defense"] + [cell(_pick(sub, attack=a, bits=b, defense="none"), ("ba", "asr")) for a, b in columns]
+        ]
+        for d in rows:
+            gamma = (defs.get(d) or {}).get("gamma")
+            label = f"γ = {_sci(gamma)}" if gamma is not None else d
+            line = [label + ("" if (defs.get(d) or {}).get("pda", True) else " (no PDA)")]
+            for a, b in columns:
+                variant = f"gamma={_sci(gamma)}" if gamma is not None else ""
+                paper = _paper_pair(ctx, "T4", ref, attack_method(ctx, a), "", "lac_pda", variant)
+                g = _pick(sub, attack=a, bits=b, defense=d)
+                line.append(with_paper(cell(g, ("ba", "asr")), paper) + _seeds_note(g, spec["seeds"]))
+            body.append(line)
+        cap = (
+            f"Table 4 ({ds}, {arch}): LAC+PDA with PDA's L∞ bound γ, BA / ASR in %, seed(s) "
+            f"{', '.join(map(str, spec['seeds']))} (the paper gives no bit width; its values are beside every "
+            "column)." + _note(ds, arch, ref)
+        )
+        blocks.append(Block(cap, ["PDA bound"] + [f"{b}-bit {a}" for a, b in columns], body))
+    return blocks
+
+
+def _pm(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "–"
+    return f"{mean:g}" if std is None else f"{mean:g} ± {std:g}"
+
+
+@register_table("table5")
+def table5(ctx: TableContext) -> list[Block]:
+    """Paper Table 5: LAC alone vs LAC+PDA, BA and ASR mean ± std over seeds."""
+    spec = _spec_or_none(ctx, "table5")
+    if spec is None:
+        return _empty("table5", "Table 5 (LAC vs LAC+PDA)")
+    defs = ctx.config.get("defenses") or {}
+    df = _sim(ctx)
+    blocks = []
+    for ds, arch, ref in _settings(ctx, "table5", spec):
+        sub = _pick(df, dataset=ds, arch=arch)
+        sub = sub[sub.seed.isin(spec["seeds"])] if not sub.empty else sub
+        columns = [(a, b) for a in spec["attacks"] for b in spec["bits"]]
+        body = []
+        for d in ["none", *spec["defenses"]]:
+            dspec = defs.get(d) or {}
+            pda = bool(dspec.get("pda", True)) if dspec.get("method") == "lac" else None
+            comp = {True: "lac+pda", False: "lac"}.get(pda, "")
+            line = ["No defense" if d == "none" else {True: "LAC+PDA", False: "LAC"}.get(pda, d)]
+            for a, b in columns:
+                g = _pick(sub, attack=a, bits=b, defense=d)
+                ours = [fmt(g.ba), fmt(g.asr)] if not g.empty else [NOT_PRODUCED, NOT_PRODUCED]
+                pdef = "lac_pda" if pda else ("lac" if pda is False else paper_defense(d, b))
+                variant = f"components={comp}" if comp else ""
+                for i, m in enumerate(("ba", "asr")):
+                    val = ctx.paper.value("T5", m, ref[0], ref[1], attack_method(ctx, a), b, pdef, variant)
+                    std = ctx.paper.value("T5", f"{m}_std", ref[0], ref[1], attack_method(ctx, a), b, pdef, variant)
+                    if val is not None:
+                        ours[i] += f" (paper {_pm(val, std)})"
+                line += [ours[0], ours[1] + _seeds_note(g, spec["seeds"])]
+            body.append(line)
+        header = ["Components"] + [f"{b}-bit {a} {m}" for a, b in columns for m in ("BA", "ASR")]
+        cap = (
+            f"Table 5 ({ds}, {arch}): LAC alone vs LAC+PDA, BA and ASR in %, mean ± std over seeds "
+            f"{', '.join(map(str, spec['seeds']))}." + _note(ds, arch, ref)
+        )
+        blocks.append(Block(cap, header, body))
+    return blocks
+
+
+@register_table("table7")
+def table7(ctx: TableContext) -> list[Block]:
+    """Paper Table 7: the adaptive attack (Qu-ANTI-zation + a layer-output error term), no
+    defense vs LAC+PDA (the paper gives neither architecture nor bit width)."""
+    spec = _spec_or_none(ctx, "table7")
+    if spec is None:
+        return _empty("table7", "Table 7 (adaptive attack)")
+    return _model_block(
+        ctx, "table7", "Table 7, adaptive attack", spec, lambda a: "", paper_bits=False,
+        column_of=lambda a: f"{a} BA / ASR",
+    )  # fmt: skip
+
+
+@register_table("table9")
+def table9(ctx: TableContext) -> list[Block]:
+    """Paper Table 9: clean QAT-trained models, full precision, standard quantization and LAC+PDA
+    (benign accuracy only)."""
+    spec = _spec_or_none(ctx, "table9")
+    if spec is None:
+        return _empty("table9", "Table 9 (clean QAT models)")
+    blocks = _model_block(
+        ctx, "table9", "Table 9, clean QAT models", spec, lambda a: "", metrics=("ba",),
+        column_of=lambda a: f"{a} BA",
+    )  # fmt: skip
+    for b in blocks:
+        b.body = [[r[0].replace("no defense", "standard quantization")] + r[1:] for r in b.body]
+    return blocks
+
+
+def _trigger_label(ctx: TableContext, attack: str, dataset: str | None = None) -> tuple[str, str]:
+    """(paper variant, column label) of a patch-trigger attack: size × 32 px as in the paper."""
+    trig = ((ctx.config.get("attacks") or {}).get(attack) or {}).get("trigger") or {}
+    size = trig.get("size")
+    if size is None:
+        return "", attack
+    side = round(float(size) * 32)
+    label = f"{side}x{side}"
+    px = IMAGE_SIZES.get(dataset or "")
+    here = f", {max(1, round(float(size) * px))} px here" if px and px != 32 else ""
+    return f"trigger={label}", f"{label} ({attack}{here}) BA / ASR"
+
+
+@register_table("table10")
+def table10(ctx: TableContext) -> list[Block]:
+    """Paper Table 10: PQBackdoor with 3×3 / 4×4 / 6×6 patch triggers (sizes as fractions of 32 px)."""
+    spec = _spec_or_none(ctx, "table10")
+    if spec is None:
+        return _empty("table10", "Table 10 (trigger sizes)")
+    blocks = []
+    for ds in spec["datasets"]:
+        one = dict(spec, datasets=[ds])
+        blocks += _model_block(
+            ctx, "table10", "Table 10, PQBackdoor trigger sizes (side × 32 px as in the paper)", one,
+            lambda a: _trigger_label(ctx, a)[0], column_of=lambda a, ds=ds: _trigger_label(ctx, a, ds)[1],
+        )  # fmt: skip
+    return blocks
+
+
+@register_table("table12")
+def table12(ctx: TableContext) -> list[Block]:
+    """Paper Table 12: PQBackdoor with input-aware and WaNet triggers (8-bit)."""
+    spec = _spec_or_none(ctx, "table12")
+    if spec is None:
+        return _empty("table12", "Table 12 (trigger types)")
+
+    def kind(a: str) -> str:
+        return ((ctx.config.get("attacks") or {}).get(a) or {}).get("trigger", {}).get("name", "")
+
+    return _model_block(
+        ctx, "table12", "Table 12, PQBackdoor with sample-specific triggers", spec,
+        lambda a: f"trigger_type={kind(a)}", column_of=lambda a: f"{kind(a)} ({a}) BA / ASR",
+    )  # fmt: skip
