@@ -144,7 +144,7 @@ def test_fit_in_channels_last_trains_the_same_model(tiny_model, tiny_splits, one
 
 
 def test_fit_without_channels_last_is_deterministic(tiny_model, tiny_splits, one_torch_thread):
-    """The default data path (in-memory uint8 batches, seeded order) is reproducible bit for bit."""
+    """The default path (in-memory uint8 batches, seeded order, contiguous) is reproducible bit for bit."""
     data = ImageSet(tiny_splits.train.x[:128], tiny_splits.train.y[:128])
     a, b = tiny_model, copy.deepcopy(tiny_model)
     assert _fit(a, data, channels_last=False) == _fit(b, data, channels_last=False)
