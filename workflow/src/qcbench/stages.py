@@ -195,28 +195,47 @@ def evaluate_backend(cfg: dict, backend: str, fp: str, data: str, out: str, keys
     return _write_row(keys | {"bits": 8, "defense": "none"}, meta, res, backend, backend, time.perf_counter() - t0, out)
 
 
+def read_metrics(path: str) -> pd.DataFrame:
+    """One metrics file, checked against the contract (:func:`qcbench.io.check_metrics`)."""
+    try:
+        df = pd.read_parquet(path)
+    except Exception as err:  # pyarrow raises several types for unreadable files
+        raise io.MetricsError(f"{path}: not a readable Parquet file ({type(err).__name__}: {err})") from None
+    io.check_metrics(df, path)
+    return df
+
+
 def collate(paths: list[str], out: str) -> pd.DataFrame:
-    """Concatenate per-model metrics, check each file, add DER against the no-defense cell."""
+    """Concatenate per-model metrics into ``out``: check each file (its name in any error), refuse
+    two files with the same key, add DER against the no-defense cell, check the result and write
+    it atomically (nothing is written when a check fails)."""
     from qcbench.metrics import der
 
-    frames = []
-    for p in paths:
-        df = pd.read_parquet(p)
-        io.check_metrics(df, p)
-        frames.append(df)
-    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(io.METRIC_COLUMNS))
+    frames = [read_metrics(p).assign(_source=str(p)) for p in paths]
+    if frames:
+        df = pd.concat(frames, ignore_index=True)
+    else:
+        df = pd.DataFrame({c: pd.Series(dtype=t) for c, t in io.METRIC_COLUMNS.items()} | {"_source": []})
+    key = [*io.KEY_COLUMNS, "variant"]
+    dup = df[df.duplicated(key, keep=False)]
+    if len(dup):
+        first = dup.iloc[0]
+        same = dup[(dup[key] == first[key]).all(axis=1)]._source.tolist()
+        raise io.MetricsError(f"{same[0]}: the same key {dict(first[key])} also comes from {same[1:]}")
     cell = ["dataset", "arch", "attack", "bits", "seed", "backend"]
     ref = df[df.defense == "none"].set_index(cell)[["ba", "asr"]]
     ders = []
     for _, r in df.iterrows():
-        key = tuple(r[c] for c in cell)
-        if r.defense == "none" or r.bits == 32 or key not in ref.index:
+        k = tuple(r[c] for c in cell)
+        if r.defense == "none" or r.bits == 32 or k not in ref.index:
             ders.append(float("nan"))
         else:
-            nd = ref.loc[key]
+            nd = ref.loc[k]
             ders.append(der(nd.ba, nd.asr, r.ba, r.asr))
-    df["der"] = ders
-    df = df.sort_values(["dataset", "arch", "attack", "bits", "defense", "seed"], ignore_index=True)
+    df["der"] = pd.Series(ders, index=df.index, dtype="float64")
+    df = df.sort_values([*io.KEY_COLUMNS, "variant"], ignore_index=True)
+    df = df.drop(columns="_source")
+    io.check_metrics(df, f"{out} (collated)", collated=True)
     io.write_parquet(df, out)
     return df
 
