@@ -216,7 +216,8 @@ def _failures(cases: pd.DataFrame, limit: int = 8) -> list[str]:
     for _, c in cases.head(limit).iterrows():
         row = "" if pd.isna(c["index"]) else f" (row {int(c['index'])})"
         if str(c["check"]).startswith("dtype("):
-            out.append(f"column {c['column']!r} has the wrong dtype (expected {c['check'][6:-1]}; got {c['failure_case']!r})")
+            want, got = c["check"][6:-1], c["failure_case"]
+            out.append(f"column {c['column']!r} has the wrong dtype (expected {want}; got {got!r})")
         elif c["check"] == "not_nullable":
             out.append(f"column {c['column']!r} is missing a value{row}")
         else:
