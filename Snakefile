@@ -11,6 +11,10 @@ min_version("9.0")
 configfile: "config/local.yaml"
 
 
+# `snakemake --report results/report/snakemake.html`: tables, figures and the report, captioned
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
@@ -26,6 +30,12 @@ rule all:
         "results/metrics.parquet",
         expand(
             "results/tables/{table}.{ext}",
-            table=["table1", "table8"],
-            ext=["md", "tex"],
+            table=REPORT_TABLES,
+            ext=["md", "tex", "html"],
         ),
+        expand(
+            "results/figures/{figure}.{ext}",
+            figure=REPORT_FIGURES,
+            ext=["png", "pdf"],
+        ),
+        "results/report/index.html",

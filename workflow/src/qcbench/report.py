@@ -195,7 +195,7 @@ HTML_STYLE = """<style>
 .qc-table td { border-bottom: 1px solid #ddd; padding: 4px 10px; text-align: center; white-space: nowrap; }
 .qc-table td:first-child, .qc-table th:first-child { text-align: left; font-weight: 600; }
 .qc-table td.qc-ours { background: #eef5ff; }
-.qc-table .qc-paper { color: #777; font-size: 90%; }
+.qc-table .qc-paper { color: #777; font-size: 88%; display: block; }
 .qc-table .qc-missing { color: #999; font-style: italic; }
 .qc-note { font: 12px system-ui, sans-serif; color: #555; max-width: 60em; margin: .4em 0 0 0; }
 </style>"""

@@ -265,3 +265,50 @@ def render_table(
         tmp = Path(path + ".tmp")
         tmp.write_text(texts[fmt_name])
         tmp.replace(path)
+
+
+def render_figure(name: str, inputs: dict[str, str], outputs: dict[str, str], config: dict, threads: int = 1) -> dict:
+    """Draw a registered figure (``qcbench.figures.FIGURES``) from its declared inputs and write
+    ``outputs`` ({"png": …, "pdf": …, "json": …}) atomically; returns the measured numbers."""
+    from qcbench import figures
+
+    setup(config, threads, seed=0)
+    result = figures.render_figure(name, config, inputs)
+    figures.save_figure(result, outputs)
+    return result.numbers
+
+
+def render_report(notebook: str, results: str, html: str, executed: str | None = None, timeout: int = 900) -> None:
+    """Execute the report notebook with papermill (parameter ``results``: the results folder) and
+    convert it to one standalone HTML file (images embedded, input cells hidden), atomically."""
+    import nbformat
+    import papermill as pm
+    from nbconvert import HTMLExporter
+
+    html = Path(html)
+    executed = Path(executed) if executed else html.with_name("report.ipynb")
+    html.parent.mkdir(parents=True, exist_ok=True)
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    tmp_nb = executed.with_name(executed.name + ".tmp.ipynb")
+    tmp_html = html.with_name(html.name + ".tmp")
+    try:
+        pm.execute_notebook(
+            notebook,
+            str(tmp_nb),
+            parameters={"results": str(Path(results).resolve())},
+            kernel_name="python3",
+            progress_bar=False,
+            execution_timeout=timeout,
+            cwd=str(Path(results).resolve().parent),
+        )
+        nb = nbformat.read(tmp_nb, as_version=4)
+        exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+        exporter.mathjax_url = exporter.require_js_url = ""  # no formulas or widgets: fetch nothing
+        body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": "qcbench report"}})
+        body = body.replace('<script src=""> </script>', "")
+        tmp_html.write_text(body, encoding="utf-8")
+        tmp_nb.replace(executed)
+        tmp_html.replace(html)
+    finally:
+        tmp_nb.unlink(missing_ok=True)
+        tmp_html.unlink(missing_ok=True)
