@@ -11,6 +11,10 @@ min_version("9.0")
 configfile: "config/local.yaml"
 
 
+# `snakemake --report results/report/snakemake.html`: tables, figures and the report, captioned
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/common/detection.smk"
 include: "workflow/rules/data.smk"
@@ -29,7 +33,12 @@ rule all:
         "results/metrics.parquet",
         expand(
             "results/tables/{table}.{ext}",
-            table=TABLES.names(),
-            ext=["md", "tex"],
+            table=REPORT_TABLES,
+            ext=["md", "tex", "html"],
         ),
-        figure_data(),
+        expand(
+            "results/figures/{figure}.{ext}",
+            figure=REPORT_FIGURES,
+            ext=["png", "pdf"],
+        ),
+        "results/report/index.html",

@@ -2,7 +2,9 @@
 
 import pandas as pd
 import pytest
-from qcbench.report import NOT_PRODUCED, Block, PaperReference, TableContext, cell, render, to_markdown
+from qcbench.report import NOT_PRODUCED, Block, PaperReference, TableContext, cell, render, to_html, to_markdown
+
+from .conftest import ROOT
 
 PAPER = pd.DataFrame(
     [
@@ -57,3 +59,35 @@ def test_markdown_of_blocks_has_captions_and_notes():
     md = to_markdown([Block("Table X: cap", ["a", "b"], [["1", "2"]], note="n.b.")])
     assert md.startswith("**Table X: cap**") and "| 1 | 2 |" in md and md.rstrip().endswith("n.b.")
     assert to_markdown([]) == "No metrics yet.\n"
+
+
+def test_html_has_one_fragment_per_block_with_caption_and_escaping():
+    blocks = [
+        Block("Table X (a<b): cap", ["Defense", "8-bit x"], [["LAC+PDA (ours)", "1.00 (paper 2 / 3)"]], note="n<b"),
+        Block("Table X, second", ["a", "a"], [["No defense", NOT_PRODUCED + " (paper 4)"]]),  # duplicate header
+    ]
+    out = to_html(blocks)
+    assert out.count('<div class="qc-block">') == 2 and out.count("<caption>") == 2
+    assert "<caption>Table X (a&lt;b): cap</caption>" in out and '<p class="qc-note">n&lt;b</p>' in out
+    assert '<span class="qc-paper">(paper 2 / 3)</span>' in out
+    assert f'<span class="qc-missing">{NOT_PRODUCED}</span>' in out
+    assert "qc-ours" in out.split("LAC+PDA (ours)")[0].rsplit("<tr>", 1)[1]  # our row is highlighted
+    assert to_html(blocks) == out  # deterministic (stable element ids)
+    assert "No metrics yet" in to_html([])
+
+
+def test_paper_only_tables_show_the_papers_numbers_beside_not_yet_produced():
+    paper = PaperReference.load(ROOT / "config" / "paper-reference.csv")
+    df = pd.DataFrame([_row("none", 4, 86.0, 85.0, attack="qa"), _row("lac", 4, 87.0, 5.0, attack="qa", der=90.0)])
+    ctx = TableContext(df, {"attacks": {"qa": {"method": "qu_anti_zation"}}}, paper)
+    t2 = render("table2", ctx)
+    assert "Table 2 (tinyimagenet, resnet18)" in t2["md"] and "<caption>Table 2" in t2["html"]
+    assert f"{NOT_PRODUCED} (paper 56.33 / 99.75)" in t2["md"]  # 8-bit CompArtifact, no defense
+    assert "| FT-SAM |" in t2["md"] and "| LAC+PDA (ours) |" in t2["md"]
+    t3 = render("table3", ctx)["md"]
+    assert f"| alexnet (cifar10) | {NOT_PRODUCED} (paper 76.47 / 88.71) |" in t3
+    assert "| resnet_tiny (fashion_mnist) | 86.00 / 85.00 | 87.00 / 5.00 / 90.00 |" in t3  # our run, no paper value
+    t11 = render("table11", ctx)["md"]
+    assert f"| 4-bit, LAC+PDA (ours) | {NOT_PRODUCED} (paper 79.21 / 0.71) |" in t11
+    assert "Table 1 (fashion_mnist, resnet_tiny)" in render("table1", ctx)["md"]
+    assert "tinyimagenet" not in render("table1", ctx)["md"]

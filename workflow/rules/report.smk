@@ -1,3 +1,23 @@
+# Collation, tables, figures and the rendered report (qcbench.report, qcbench.figures).
+from qcbench.figures import FIGURES, figure_inputs, figure_names
+
+FIGURE_NAMES = _alt(FIGURES.names())
+REPORT_NOTEBOOK = str(
+    Path(workflow.basedir) / "workflow" / "notebooks" / "report.ipynb"
+)
+# what the report shows: every registered table, every figure the config names
+REPORT_TABLES = TABLES.names()
+REPORT_FIGURES = figure_names(config)
+
+
+def table_frames(wc):
+    return table_inputs(wc.table)
+
+
+def figure_files(wc):
+    return figure_inputs(wc.figure, config)
+
+
 localrules:
     collate,
     table,
@@ -22,10 +42,18 @@ rule collate:
 # A table may declare extra collated inputs (qcbench.report.register_table(..., inputs=...)).
 rule table:
     input:
-        unpack(table_input),
+        unpack(table_frames),
+        metrics="results/metrics.parquet",
+        paper=PAPER_CSV,
     output:
         md="results/tables/{table}.md",
         tex="results/tables/{table}.tex",
+        html=report(
+            "results/tables/{table}.html",
+            caption="../report/table.rst",
+            category="Tables",
+            labels={"table": "{table}"},
+        ),
     log:
         "results/logs/table/{table}.log",
     wildcard_constraints:
@@ -38,3 +66,69 @@ rule table:
         config=config,
     script:
         "../scripts/table.py"
+
+
+# One rule draws every figure; the figure is a wildcard dispatched through qcbench.figures.FIGURES,
+# which also declares each figure's inputs (the models, data or collated files of the cell that
+# config key figures.<name> names).
+rule figure:
+    input:
+        unpack(figure_files),
+    output:
+        png=report(
+            "results/figures/{figure}.png",
+            caption="../report/figure.rst",
+            category="Figures",
+            labels={"figure": "{figure}"},
+        ),
+        pdf="results/figures/{figure}.pdf",
+        json="results/figures/{figure}.json",
+    log:
+        "results/logs/figure/{figure}.log",
+    benchmark:
+        "results/benchmarks/figure/{figure}.tsv"
+    wildcard_constraints:
+        figure=FIGURE_NAMES,
+    conda:
+        "../../envs/qcbench.yaml"
+    container:
+        "container/qcbench.sif"
+    threads: 1
+    params:
+        config=config,
+    script:
+        "../scripts/figure.py"
+
+
+# The report notebook (papermill, parameterized by the results folder) rendered to one
+# standalone HTML file: every table and figure, images embedded, no code shown.
+rule report:
+    input:
+        notebook=REPORT_NOTEBOOK,
+        metrics="results/metrics.parquet",
+        tables=expand("results/tables/{table}.html", table=REPORT_TABLES),
+        figures=expand(
+            "results/figures/{figure}.{ext}",
+            figure=REPORT_FIGURES,
+            ext=["png", "json"],
+        ),
+    output:
+        html=report(
+            "results/report/index.html",
+            caption="../report/report.rst",
+            category="Report",
+        ),
+        notebook="results/report/report.ipynb",
+    log:
+        "results/logs/report.log",
+    benchmark:
+        "results/benchmarks/report.tsv"
+    conda:
+        "../../envs/qcbench.yaml"
+    container:
+        "container/qcbench.sif"
+    threads: 1
+    params:
+        results="results",
+    script:
+        "../scripts/report.py"

@@ -111,6 +111,9 @@ def semantic_errors(cfg: dict, workdir: str | Path = ".") -> list[str]:
             f"config key 'quant.default_scheme': unknown scheme {cfg['quant']['default_scheme']!r}; "
             f"registered: {SCHEMES.names()}"
         )
+    from qcbench.figures import config_errors as figure_errors
+
+    out += figure_errors(cfg)
     return out
 
 

@@ -132,7 +132,11 @@ def write_parquet(df: pd.DataFrame, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    df.to_parquet(tmp, index=False)
+    try:
+        df.to_parquet(tmp, index=False)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _replace_atomic(tmp, path)
 
 
@@ -158,12 +162,66 @@ METRIC_COLUMNS = {
 }
 
 
-def check_metrics(df: pd.DataFrame, source: str) -> None:
-    """Check one metrics frame against the contract; the message names ``source``."""
+# value checks beyond the dtype (pandera); string columns not listed here must merely be strings
+PERCENT_COLUMNS = ("ba", "asr", "asr_all")
+NULLABLE = {"asr", "asr_all", "wall_s"}  # clean models have no ASR; wall time may be unknown
+NONEMPTY = ("dataset", "arch", "attack", "defense", "backend", "scheme", "config_hash", "git_commit")
+BITS = (32, *range(2, 17))  # 32 = full precision, else a quantizer's bit width
+
+
+class MetricsError(ValueError):
+    """A metrics frame breaks the contract; the message names the file, column and value."""
+
+
+def metrics_schema(collated: bool = False):
+    """The pandera schema of a metrics frame, derived from :data:`METRIC_COLUMNS`: dtypes plus
+    ranges (percentages in [0, 100], ``bits`` in {32, 2..16}, ``seed``/``n_test``/``wall_s`` >= 0,
+    key strings non-empty). ``collated`` adds ``der`` (in [0, 100] or missing); the uniqueness of
+    the key across files is checked by :func:`qcbench.stages.collate`, which knows the files."""
+    import pandera.pandas as pa
+
+    checks: dict[str, list] = {c: [pa.Check.in_range(0, 100)] for c in PERCENT_COLUMNS}
+    checks |= {c: [pa.Check.str_length(min_value=1)] for c in NONEMPTY}
+    checks["bits"] = [pa.Check.isin(BITS)]
+    checks["seed"] = checks["n_test"] = checks["wall_s"] = [pa.Check.ge(0)]
+    dtype = {"object": str}
+    columns = {
+        name: pa.Column(dtype.get(kind, kind), checks.get(name, []), nullable=name in NULLABLE)
+        for name, kind in METRIC_COLUMNS.items()
+    }
+    if collated:
+        columns["der"] = pa.Column("float64", pa.Check.in_range(0, 100), nullable=True)
+    return pa.DataFrameSchema(columns, strict=False)
+
+
+def check_metrics(df: pd.DataFrame, source: str, collated: bool = False) -> None:
+    """Check one metrics frame against the contract (:func:`metrics_schema`); every problem is
+    reported as ``source: column 'x' ... value v (row i)``."""
+    import pandera.pandas as pa
+
     missing = [c for c in METRIC_COLUMNS if c not in df.columns]
     if missing:
-        raise ValueError(f"{source}: metrics file lacks columns {missing}")
-    for col in ("ba", "asr", "asr_all"):
-        bad = df[(df[col] < 0) | (df[col] > 100)]
-        if len(bad):
-            raise ValueError(f"{source}: column {col!r} outside [0, 100]: {bad[col].tolist()[:3]}")
+        raise MetricsError(f"{source}: metrics file lacks columns {missing}")
+    try:
+        metrics_schema(collated).validate(df, lazy=True)
+    except pa.errors.SchemaErrors as err:
+        raise MetricsError(f"{source}: " + "; ".join(_failures(err.failure_cases))) from None
+
+
+def _failures(cases: pd.DataFrame, limit: int = 8) -> list[str]:
+    wrong_type = set(cases.column[cases.check.astype(str).str.startswith("dtype(")])
+    # a column of the wrong dtype also fails its value checks (with a TypeError): report it once
+    cases = cases[~cases.column.isin(wrong_type) | cases.check.astype(str).str.startswith("dtype(")]
+    out = []
+    for _, c in cases.head(limit).iterrows():
+        row = "" if pd.isna(c["index"]) else f" (row {int(c['index'])})"
+        if str(c["check"]).startswith("dtype("):
+            want, got = c["check"][6:-1], c["failure_case"]
+            out.append(f"column {c['column']!r} has the wrong dtype (expected {want}; got {got!r})")
+        elif c["check"] == "not_nullable":
+            out.append(f"column {c['column']!r} is missing a value{row}")
+        else:
+            out.append(f"column {c['column']!r} value {c['failure_case']!r} fails {c['check']}{row}")
+    if len(cases) > limit:
+        out.append(f"... {len(cases) - limit} more")
+    return out

@@ -10,11 +10,15 @@ The contract every table follows (so Markdown, LaTeX and HTML come from one stru
 - cells are strings; :func:`fmt` / :func:`cell` format mean ± std over seeds and
   :meth:`PaperReference.value` looks a reported number up in config/paper-reference.csv, keyed
   like the paper (table, dataset, arch, attack, bits, defense, variant, metric);
-- :func:`to_markdown` and :func:`to_latex` render blocks (HTML: ``to_html``).
+- :func:`to_markdown`, :func:`to_latex` and :func:`to_html` render blocks (HTML: one fragment per
+  block, caption and note included, styled by :data:`HTML_STYLE`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import html as _html
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +30,15 @@ from qcbench._registry import Registry
 TABLES = Registry("table")
 NOT_PRODUCED = "not yet produced"
 
-PAPER_NAMES = {"none": "No defense", "lac": "LAC+PDA (ours)", "lac_only": "LAC", "efrap": "EFRAP"}
+PAPER_NAMES = {
+    "none": "No defense",
+    "lac": "LAC+PDA (ours)",
+    "lac_only": "LAC",
+    "efrap": "EFRAP",
+    **{d: d.upper() for d in ("ft", "fp", "mcr", "nad")},
+    "ibau": "I-BAU",
+    "ftsam": "FT-SAM",
+}
 
 
 @dataclass
@@ -174,10 +186,64 @@ def to_latex(blocks: list[Block]) -> str:
     return "\n".join(_latex(b.header, b.body, b.caption) for b in blocks)
 
 
+# one style sheet for every table fragment (scoped by class, so fragments can share a page)
+HTML_STYLE = """<style>
+.qc-block { margin: 1.2em 0 2em 0; overflow-x: auto; }
+.qc-table { border-collapse: collapse; font: 13px/1.35 system-ui, sans-serif; }
+.qc-table caption { caption-side: top; text-align: left; font-weight: 600; padding: 0 0 .5em 0; max-width: 60em; }
+.qc-table th { border-bottom: 2px solid #333; padding: 4px 10px; text-align: center; vertical-align: bottom; }
+.qc-table td { border-bottom: 1px solid #ddd; padding: 4px 10px; text-align: center; white-space: nowrap; }
+.qc-table td:first-child, .qc-table th:first-child { text-align: left; font-weight: 600; }
+.qc-table td.qc-ours { background: #eef5ff; }
+.qc-table .qc-paper { color: #777; font-size: 88%; display: block; }
+.qc-table .qc-missing { color: #999; font-style: italic; }
+.qc-note { font: 12px system-ui, sans-serif; color: #555; max-width: 60em; margin: .4em 0 0 0; }
+</style>"""
+_PAPER_SUFFIX = re.compile(r"^(.*?)( \(paper [^()]*\))$")
+
+
+def _cell_html(text: str) -> str:
+    """A cell as HTML: our value, the paper's value (greyed) and "not yet produced" (italic)."""
+    text = str(text)
+    m = _PAPER_SUFFIX.match(text)
+    ours, paper = (m.group(1), m.group(2)) if m else (text, "")
+    ours_html = _html.escape(ours)
+    if ours.startswith(NOT_PRODUCED):
+        ours_html = f'<span class="qc-missing">{ours_html}</span>'
+    return ours_html + (f' <span class="qc-paper">{_html.escape(paper.strip())}</span>' if paper else "")
+
+
+def _block_html(block: Block) -> str:
+    """One block as a pandas-Styler table with its caption, and its note under it."""
+    frame = pd.DataFrame(block.body, columns=range(len(block.header)), dtype=object)
+    # our method's rows (label contains "(ours)") get a class the style sheet highlights
+    ours = ["qc-ours" if row and "(ours)" in str(row[0]) else "" for row in block.body]
+    classes = pd.DataFrame([[c] * len(block.header) for c in ours], columns=frame.columns, dtype=object)
+    styler = (
+        frame.style.hide(axis="index")
+        .relabel_index([_html.escape(h) for h in block.header], axis=1)
+        .format(_cell_html)
+        .set_td_classes(classes)
+        .set_caption(_html.escape(block.caption))
+        .set_table_attributes('class="qc-table"')
+        .set_uuid(hashlib.sha1(block.caption.encode()).hexdigest()[:10])  # stable ids, unique per caption
+    )
+    table = styler.to_html().replace('<style type="text/css">\n</style>\n', "")
+    note = f'<p class="qc-note">{_html.escape(block.note)}</p>' if block.note else ""
+    return f'<div class="qc-block">\n{table}{note}\n</div>'
+
+
+def to_html(blocks: list[Block]) -> str:
+    """An HTML fragment (style sheet + one ``div.qc-block`` per block) a browser or notebook shows as is."""
+    if not blocks:
+        return '<meta charset="utf-8">\n<p class="qc-note">No metrics yet.</p>\n'
+    return '<meta charset="utf-8">\n' + HTML_STYLE + "\n" + "\n".join(_block_html(b) for b in blocks) + "\n"
+
+
 def render(name: str, ctx: TableContext) -> dict[str, str]:
-    """Every output format of table ``name``: {"md": …, "tex": …}."""
+    """Every output format of table ``name``: {"md": …, "tex": …, "html": …}."""
     blocks = TABLES.get(name)(ctx)
-    return {"md": to_markdown(blocks), "tex": to_latex(blocks)}
+    return {"md": to_markdown(blocks), "tex": to_latex(blocks), "html": to_html(blocks)}
 
 
 # our defense names -> the paper's (config/paper-reference.md); FP rows of "none" are "none_fp"
@@ -212,50 +278,164 @@ def _setting_note(ds: str, arch: str, ref: tuple[str, str]) -> str:
     return "" if ref == (ds, arch) else f" Paper values (in parentheses): {ref[0]}, {ref[1]}."
 
 
-@register_table("table1")
-def table1(ctx: TableContext) -> list[Block]:
-    """Paper Table 1 layout: rows are defenses, column groups bits × attack, cells
-    BA / ASR / DER (mean ± std over seeds), the paper's numbers beside ours. One block per
-    (dataset, arch), plus the full-precision models."""
-    df = ctx.metrics[ctx.metrics.backend == "sim"]
+# the paper's datasets of Table 2 (Table 1's layout on Tiny-ImageNet); every other dataset is Table 1's
+TABLE2_DATASETS = ("tinyimagenet",)
+OUR_DEFENSES = {v: k for k, v in PAPER_DEFENSES.items()} | {"none_fp": "none"}
+_BITS_ORDER = {"32": 0}
+
+
+def _paper_settings(ctx: TableContext, table: str) -> list[tuple[str, str]]:
+    """The (dataset, arch) pairs the paper reports in ``table``, in the CSV's order."""
+    f = ctx.paper.frame
+    rows = f[f.table == table]
+    return list(dict.fromkeys(zip(rows.dataset, rows.arch, strict=True)))
+
+
+def _paper_grid(ctx: TableContext, table: str, dataset: str, arch: str):
+    """The paper's own rows (our defense names) and columns ((bits, attack method)) of a T1-style table."""
+    f = ctx.paper.frame
+    rows = f[(f.table == table) & (f.dataset == dataset) & (f.arch == arch)]
+    defenses = [OUR_DEFENSES.get(d, d) for d in dict.fromkeys(rows.defense)]
+    columns = list(dict.fromkeys(zip(rows.bits.astype(int), rows.attack, strict=True)))
+    return defenses, sorted(columns, key=lambda c: -c[0])
+
+
+def _defense_block(ctx, table, label, dataset, arch, q, ref, rows, columns, seeds) -> Block:
+    """One T1-style block: rows = defenses, columns = (bits, attack config name), BA / ASR / DER."""
+    groups = {k: g for k, g in q.groupby(["defense", "bits", "attack"])}
+    body = []
+    for d in rows:
+        line = [PAPER_NAMES.get(d, d)]
+        for b, a in columns:
+            metrics = ("ba", "asr") if d == "none" else ("ba", "asr", "der")
+            paper = [ctx.paper.value(table, m, *ref, attack_method(ctx, a), b, paper_defense(d, b)) for m in metrics]
+            line.append(with_paper(cell(groups.get((d, b, a)), metrics), paper))
+        body.append(line)
+    over = f"mean ± std over seeds {seeds}" if seeds else "mean ± std over seeds"
+    caption = (
+        f"{label} ({dataset}, {arch}): BA / ASR / DER in %, {over}. "
+        "ASR excludes target-class images; DER against the no-defense quantized model."
+        + _setting_note(dataset, arch, ref)
+    )
+    header = ["Defense"] + [f"{b}-bit {a}" for b, a in columns]
+    return Block(caption, header, body)
+
+
+def _defense_tables(ctx: TableContext, table: str, label: str, datasets=None, exclude=()) -> list[Block]:
+    """Paper Tables 1/2: one block per (dataset, arch) run, plus its full-precision models; where
+    the paper's own setting has no run, one block in the paper's layout with its numbers."""
+    df = ctx.metrics[(ctx.metrics.backend == "sim") & ~ctx.metrics.dataset.isin(exclude)]
+    if datasets is not None:
+        df = df[df.dataset.isin(datasets)]
     defenses = list((ctx.config.get("run") or {}).get("defenses") or [])
     blocks = []
     for (dataset, arch), sub in df.groupby(["dataset", "arch"], sort=True):
-        ref = reference_setting(ctx, "T1", dataset, arch)
+        ref = reference_setting(ctx, table, dataset, arch)
         q = sub[(sub.bits != 32) & (sub.attack != "clean")]
         bits = sorted(q.bits.unique(), reverse=True)
         attacks = sorted(q.attack.unique())
         present = sorted(d for d in q.defense.unique() if d != "none")
         rows = ["none"] + [d for d in defenses if d in present] + [d for d in present if d not in defenses]
-        columns = [(b, a) for b in bits for a in attacks]
-        groups = {k: g for k, g in q.groupby(["defense", "bits", "attack"])}
-        body = []
-        for d in rows:
-            line = [PAPER_NAMES.get(d, d)]
-            for b, a in columns:
-                metrics = ("ba", "asr") if d == "none" else ("ba", "asr", "der")
-                paper = [ctx.paper.value("T1", m, *ref, attack_method(ctx, a), b, paper_defense(d, b)) for m in metrics]
-                line.append(with_paper(cell(groups.get((d, b, a)), metrics), paper))
-            body.append(line)
         seeds = sorted(int(s) for s in sub.seed.unique())
-        caption = (
-            f"Table 1 ({dataset}, {arch}): BA / ASR / DER in %, mean ± std over seeds {seeds}. "
-            "ASR excludes target-class images; DER against the no-defense quantized model."
-            + _setting_note(dataset, arch, ref)
+        blocks.append(
+            _defense_block(
+                ctx, table, label, dataset, arch, q, ref, rows, [(b, a) for b in bits for a in attacks], seeds
+            )
         )
-        header = ["Defense"] + [f"{b}-bit {a}" for b, a in columns]
-        blocks.append(Block(caption, header, body))
         fp = sub[sub.bits == 32]
         fp_rows = sorted(fp.attack.unique(), key=lambda a: (a != "clean", a))
         fp_body = [[a] + [fmt(fp[(fp.attack == a) & (fp.defense == "none")][c]) for c in ("ba", "asr", "asr_all")]
                    for a in fp_rows]  # fmt: skip
         blocks.append(
             Block(
-                f"Table 1, full-precision models ({dataset}, {arch}): BA / ASR / ASR incl. target class, in %.",
+                f"{label}, full-precision models ({dataset}, {arch}): BA / ASR / ASR incl. target class, in %.",
                 ["Model", "BA", "ASR", "ASR (all)"],
                 fp_body,
             )
         )
+    if datasets is not None:  # a paper-only table: show the paper's settings nobody has run yet
+        done = set(zip(df.dataset, df.arch, strict=True))
+        for dataset, arch in _paper_settings(ctx, table):
+            if (dataset, arch) in done:
+                continue
+            rows, columns = _paper_grid(ctx, table, dataset, arch)
+            block = _defense_block(ctx, table, label, dataset, arch, df.iloc[:0], (dataset, arch), rows, columns, [])
+            block.note = f"No run in results/ covers {dataset} / {arch} yet: the paper's numbers in parentheses."
+            blocks.append(block)
+    return blocks
+
+
+@register_table("table1")
+def table1(ctx: TableContext) -> list[Block]:
+    """Paper Table 1 layout: rows are defenses, column groups bits × attack, cells
+    BA / ASR / DER (mean ± std over seeds), the paper's numbers beside ours. One block per
+    (dataset, arch) (Tiny-ImageNet goes to Table 2), plus the full-precision models."""
+    return _defense_tables(ctx, "T1", "Table 1", exclude=TABLE2_DATASETS)
+
+
+@register_table("table2")
+def table2(ctx: TableContext) -> list[Block]:
+    """Paper Table 2: Table 1's layout on Tiny-ImageNet (ResNet-18). Where nothing has run (the
+    local default, and the paper config, which has no Tiny-ImageNet dataset yet) the block lists
+    the paper's rows and columns with "not yet produced" beside the paper's numbers."""
+    return _defense_tables(ctx, "T2", "Table 2", datasets=TABLE2_DATASETS)
+
+
+def _methods(ctx: TableContext, method: str) -> set[str]:
+    """Configured attack names whose registered method is ``method`` (plus ``method`` itself)."""
+    return {a for a in ctx.metrics.attack.unique() if attack_method(ctx, a) == method} | {method}
+
+
+@register_table("table3")
+def table3(ctx: TableContext) -> list[Block]:
+    """Paper Table 3: 4-bit Qu-ANTI-zation on other architectures (AlexNet, VGG19-BN,
+    MobileNet-V2 on CIFAR-10; ViT, EfficientViT on ImageNette): no defense vs LAC+PDA. One row
+    per setting the paper reports plus every other (dataset, arch) run with a 4-bit
+    Qu-ANTI-zation model; a setting not run reads "not yet produced" beside the paper's numbers."""
+    m = ctx.metrics
+    q = m[(m.backend == "sim") & (m.bits == 4) & m.attack.isin(_methods(ctx, "qu_anti_zation"))]
+    settings = _paper_settings(ctx, "T3")
+    settings += [k for k in dict.fromkeys(zip(q.dataset, q.arch, strict=True)) if k not in settings]
+    body = []
+    for dataset, arch in settings:
+        sub = q[(q.dataset == dataset) & (q.arch == arch)]
+        row = [f"{arch} ({dataset})"]
+        for d, cols in (("none", ("ba", "asr")), ("lac", ("ba", "asr", "der"))):
+            paper = [ctx.paper.value("T3", c, dataset, arch, "qu_anti_zation", 4, paper_defense(d, 4)) for c in cols]
+            row.append(with_paper(cell(sub[sub.defense == d], cols), paper))
+        body.append(row)
+    caption = (
+        "Table 3 (architectures): 4-bit Qu-ANTI-zation, BA / ASR (/ DER) in %, mean ± std over seeds; "
+        "the paper's numbers in parentheses."
+    )
+    note = "Rows without paper values are settings the paper does not report (e.g. the local default)."
+    return [Block(caption, ["Model (dataset)", "No defense BA / ASR", "LAC+PDA BA / ASR / DER"], body, note)]
+
+
+@register_table("table11")
+def table11(ctx: TableContext) -> list[Block]:
+    """Paper Table 11: PQBackdoor on ImageNette with ResNet-18: the FP model, and the 8-/4-bit
+    models without defense and with LAC+PDA (BA / ASR). Settings not run read "not yet produced"."""
+    m = ctx.metrics
+    pq = m[(m.backend == "sim") & m.attack.isin(_methods(ctx, "pqbackdoor"))]
+    blocks = []
+    for dataset, arch in _paper_settings(ctx, "T11"):
+        sub = pq[(pq.dataset == dataset) & (pq.arch == arch)]
+        body = []
+        for bits, d, label in ((32, "none", "Full precision"), (8, "none", "8-bit, no defense"),
+                               (8, "lac", "8-bit, LAC+PDA (ours)"), (4, "none", "4-bit, no defense"),
+                               (4, "lac", "4-bit, LAC+PDA (ours)")):  # fmt: skip
+            paper = [
+                ctx.paper.value("T11", c, dataset, arch, "pqbackdoor", bits, paper_defense(d, bits))
+                for c in ("ba", "asr")
+            ]
+            rows = sub[(sub.bits == bits) & (sub.defense == d)]
+            body.append([label, with_paper(cell(rows, ("ba", "asr")), paper)])
+        caption = f"Table 11 ({dataset}, {arch}): PQBackdoor, BA / ASR in %, mean ± std over seeds."
+        note = (
+            "" if len(sub) else f"No run in results/ covers {dataset} / {arch} yet: the paper's numbers in parentheses."
+        )
+        blocks.append(Block(caption, ["Model", "BA / ASR"], body, note))
     return blocks
 
 

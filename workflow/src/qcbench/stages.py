@@ -195,28 +195,47 @@ def evaluate_backend(cfg: dict, backend: str, fp: str, data: str, out: str, keys
     return _write_row(keys | {"bits": 8, "defense": "none"}, meta, res, backend, backend, time.perf_counter() - t0, out)
 
 
+def read_metrics(path: str) -> pd.DataFrame:
+    """One metrics file, checked against the contract (:func:`qcbench.io.check_metrics`)."""
+    try:
+        df = pd.read_parquet(path)
+    except Exception as err:  # pyarrow raises several types for unreadable files
+        raise io.MetricsError(f"{path}: not a readable Parquet file ({type(err).__name__}: {err})") from None
+    io.check_metrics(df, path)
+    return df
+
+
 def collate(paths: list[str], out: str) -> pd.DataFrame:
-    """Concatenate per-model metrics, check each file, add DER against the no-defense cell."""
+    """Concatenate per-model metrics into ``out``: check each file (its name in any error), refuse
+    two files with the same key, add DER against the no-defense cell, check the result and write
+    it atomically (nothing is written when a check fails)."""
     from qcbench.metrics import der
 
-    frames = []
-    for p in paths:
-        df = pd.read_parquet(p)
-        io.check_metrics(df, p)
-        frames.append(df)
-    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(io.METRIC_COLUMNS))
+    frames = [read_metrics(p).assign(_source=str(p)) for p in paths]
+    if frames:
+        df = pd.concat(frames, ignore_index=True)
+    else:
+        df = pd.DataFrame({c: pd.Series(dtype=t) for c, t in io.METRIC_COLUMNS.items()} | {"_source": []})
+    key = [*io.KEY_COLUMNS, "variant"]
+    dup = df[df.duplicated(key, keep=False)]
+    if len(dup):
+        first = dup.iloc[0]
+        same = dup[(dup[key] == first[key]).all(axis=1)]._source.tolist()
+        raise io.MetricsError(f"{same[0]}: the same key {dict(first[key])} also comes from {same[1:]}")
     cell = ["dataset", "arch", "attack", "bits", "seed", "backend"]
     ref = df[df.defense == "none"].set_index(cell)[["ba", "asr"]]
     ders = []
     for _, r in df.iterrows():
-        key = tuple(r[c] for c in cell)
-        if r.defense == "none" or r.bits == 32 or key not in ref.index:
+        k = tuple(r[c] for c in cell)
+        if r.defense == "none" or r.bits == 32 or k not in ref.index:
             ders.append(float("nan"))
         else:
-            nd = ref.loc[key]
+            nd = ref.loc[k]
             ders.append(der(nd.ba, nd.asr, r.ba, r.asr))
-    df["der"] = ders
-    df = df.sort_values(["dataset", "arch", "attack", "bits", "defense", "seed"], ignore_index=True)
+    df["der"] = pd.Series(ders, index=df.index, dtype="float64")
+    df = df.sort_values([*io.KEY_COLUMNS, "variant"], ignore_index=True)
+    df = df.drop(columns="_source")
+    io.check_metrics(df, f"{out} (collated)", collated=True)
     io.write_parquet(df, out)
     return df
 
@@ -281,3 +300,50 @@ def lac_curve(cfg: dict, seed: int, data: str, quantized: str, out: str, keys: d
         batch_size=cfg["eval"]["batch_size"], device=device,
     )  # fmt: skip
     io.write_parquet(df.assign(**keys, config_hash=meta["config_hash"]), out)
+
+
+def render_figure(name: str, inputs: dict[str, str], outputs: dict[str, str], config: dict, threads: int = 1) -> dict:
+    """Draw a registered figure (``qcbench.figures.FIGURES``) from its declared inputs and write
+    ``outputs`` ({"png": …, "pdf": …, "json": …}) atomically; returns the measured numbers."""
+    from qcbench import figures
+
+    setup(config, threads, seed=0)
+    result = figures.render_figure(name, config, inputs)
+    figures.save_figure(result, outputs)
+    return result.numbers
+
+
+def render_report(notebook: str, results: str, html: str, executed: str | None = None, timeout: int = 900) -> None:
+    """Execute the report notebook with papermill (parameter ``results``: the results folder) and
+    convert it to one standalone HTML file (images embedded, input cells hidden), atomically."""
+    import nbformat
+    import papermill as pm
+    from nbconvert import HTMLExporter
+
+    html = Path(html)
+    executed = Path(executed) if executed else html.with_name("report.ipynb")
+    html.parent.mkdir(parents=True, exist_ok=True)
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    tmp_nb = executed.with_name(executed.name + ".tmp.ipynb")
+    tmp_html = html.with_name(html.name + ".tmp")
+    try:
+        pm.execute_notebook(
+            notebook,
+            str(tmp_nb),
+            parameters={"results": str(Path(results).resolve())},
+            kernel_name="python3",
+            progress_bar=False,
+            execution_timeout=timeout,
+            cwd=str(Path(results).resolve().parent),
+        )
+        nb = nbformat.read(tmp_nb, as_version=4)
+        exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+        exporter.mathjax_url = exporter.require_js_url = ""  # no formulas or widgets: fetch nothing
+        body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": "qcbench report"}})
+        body = body.replace('<script src=""> </script>', "")
+        tmp_html.write_text(body, encoding="utf-8")
+        tmp_nb.replace(executed)
+        tmp_html.replace(html)
+    finally:
+        tmp_nb.unlink(missing_ok=True)
+        tmp_html.unlink(missing_ok=True)
