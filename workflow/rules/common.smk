@@ -1,4 +1,5 @@
 # Config validation, wildcard constraints and input functions shared by every rule.
+import os
 import re
 import sys
 from pathlib import Path
@@ -92,24 +93,28 @@ def cell_metrics():
                             )
     # the cells of the ablation tables in run.ablations (qcbench.ablations) and of Table 6 (PDA as
     # a plug-in: workflow/rules/common/detection.smk), each once
-    return list(dict.fromkeys(out + ablation_cells(config, FP_DEFENSES) + table6_metrics()))
-
-
-def figure_data():
-    """Figure 2's LAC curve (figures.fig2) for every run dataset and arch; none when unset."""
-    fig2 = (config.get("figures") or {}).get("fig2")
-    if not fig2:
-        return []
-    return [
-        f"results/{ds}/{arch}/{fig2['attack']}/w{fig2['bits']}/lac/seed{fig2['seed']}/lac_curve.parquet"
-        for ds in RUN["datasets"]
-        for arch in RUN["archs"]
-    ]
+    return list(
+        dict.fromkeys(out + ablation_cells(config, FP_DEFENSES) + table6_metrics())
+    )
 
 
 def table_input(wc):
     """The collated metrics, the paper's numbers and any extra collated files the table declared."""
-    return {"metrics": "results/metrics.parquet", "paper": PAPER_CSV, **table_inputs(wc.table)}
+    return {
+        "metrics": "results/metrics.parquet",
+        "paper": PAPER_CSV,
+        **table_inputs(wc.table),
+    }
+
+
+def table_frames(wc):
+    return table_inputs(wc.table)
+
+
+def figure_files(wc):
+    from qcbench.figures import figure_inputs
+
+    return figure_inputs(wc.figure, config)
 
 
 def clean_spec(wc):

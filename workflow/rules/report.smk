@@ -10,14 +10,6 @@ REPORT_TABLES = TABLES.names()
 REPORT_FIGURES = figure_names(config)
 
 
-def table_frames(wc):
-    return table_inputs(wc.table)
-
-
-def figure_files(wc):
-    return figure_inputs(wc.figure, config)
-
-
 localrules:
     collate,
     table,
@@ -129,6 +121,6 @@ rule report:
         "container/qcbench.sif"
     threads: 1
     params:
-        results="results",
+        results=lambda wc, input: os.path.dirname(input.metrics),
     script:
         "../scripts/report.py"

@@ -475,6 +475,6 @@ def table8(ctx: TableContext) -> list[Block]:
     return blocks
 
 
-from qcbench.detection import table as _detection_table  # noqa: E402,F401  (registers the detection table)
 # table modules register on import (the table rule's wildcard lists TABLES.names())
 from qcbench import ablations as _ablations  # noqa: E402,F401  (registers tables 4, 5, 7, 9, 10, 12)
+from qcbench.detection import table as _detection_table  # noqa: E402,F401  (registers the detection table)
