@@ -79,7 +79,8 @@ def figure_params(name: str, config: Mapping) -> dict:
 
 def figure_names(config: Mapping) -> list[str]:
     """Registered figures that have a config entry (so `all` draws them)."""
-    return [n for n in FIGURES.names() if n in (config.get("figures") or {})]
+    figs = config.get("figures") or {}
+    return [n for n in FIGURES.names() if figs.get(n) is not None]  # null: not drawn
 
 
 def config_errors(config: Mapping) -> list[str]:
@@ -88,6 +89,8 @@ def config_errors(config: Mapping) -> list[str]:
     for name, params in (config.get("figures") or {}).items():
         if name not in FIGURES:
             out.append(f"config key 'figures.{name}': no such figure; registered: {FIGURES.names()}")
+            continue
+        if params is None:  # null: the figure is not drawn
             continue
         for key, section in (("attack", "attacks"), ("defense", "defenses"), ("arch", "archs")):
             value = params.get(key)
