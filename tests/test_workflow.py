@@ -66,3 +66,17 @@ def test_one_cell_is_one_target(tiny_run):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "1 of 1 steps (100%) done" in out.stderr and (tiny_run / cell).is_file()
     assert other.stat().st_mtime_ns == before
+
+
+def test_report_figures_and_snakemake_report(tiny_run):
+    res = tiny_run / "results"
+    for name in ("fig1", "fig3", "fig4"):
+        assert (res / "figures" / f"{name}.png").stat().st_size > 10_000
+        assert (res / "figures" / f"{name}.pdf").is_file()
+    for table in ("table1", "table2", "table3", "table8", "table11"):
+        assert "<caption>" in (res / "tables" / f"{table}.html").read_text()
+    index = (res / "report" / "index.html").read_text()
+    assert "Table 1 (fashion_mnist, resnet_tiny)" in index and index.count("data:image/png;base64,") >= 3
+    out = snakemake(tiny_run, "--report", "results/report/snakemake.html")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (res / "report" / "snakemake.html").stat().st_size > 100_000

@@ -14,6 +14,7 @@ except ImportError:  # a checkout without the package installed
 from qcbench.ablations import ablation_cells
 from qcbench.config import ConfigError, check_config
 from qcbench.defenses import is_fp_defense
+from qcbench.figures import FIGURES, figure_inputs, figure_names
 from qcbench.report import TABLES, table_inputs
 
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
@@ -107,16 +108,6 @@ def table_input(wc):
     }
 
 
-def table_frames(wc):
-    return table_inputs(wc.table)
-
-
-def figure_files(wc):
-    from qcbench.figures import figure_inputs
-
-    return figure_inputs(wc.figure, config)
-
-
 def clean_spec(wc):
     return config["clean"][wc.dataset]
 
@@ -127,3 +118,21 @@ def attack_spec(wc):
 
 def defense_spec(wc):
     return config["defenses"][wc.defense]
+
+
+# -- tables, figures and the report (workflow/rules/report.smk) --
+FIGURE_NAMES = _alt(FIGURES.names())
+REPORT_NOTEBOOK = str(
+    Path(workflow.basedir) / "workflow" / "notebooks" / "report.ipynb"
+)
+# what the report shows: every registered table, every figure the config names
+REPORT_TABLES = TABLES.names()
+REPORT_FIGURES = figure_names(config)
+
+
+def table_frames(wc):
+    return table_inputs(wc.table)
+
+
+def figure_files(wc):
+    return figure_inputs(wc.figure, config)

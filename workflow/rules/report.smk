@@ -1,15 +1,4 @@
 # Collation, tables, figures and the rendered report (qcbench.report, qcbench.figures).
-from qcbench.figures import FIGURES, figure_inputs, figure_names
-
-FIGURE_NAMES = _alt(FIGURES.names())
-REPORT_NOTEBOOK = str(
-    Path(workflow.basedir) / "workflow" / "notebooks" / "report.ipynb"
-)
-# what the report shows: every registered table, every figure the config names
-REPORT_TABLES = TABLES.names()
-REPORT_FIGURES = figure_names(config)
-
-
 localrules:
     collate,
     table,
@@ -120,7 +109,5 @@ rule report:
     container:
         "container/qcbench.sif"
     threads: 1
-    params:
-        results=lambda wc, input: os.path.dirname(input.metrics),
     script:
         "../scripts/report.py"
