@@ -18,7 +18,7 @@ PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;#]+)")
 PIN_IN_TEXT = re.compile(r"(?<![\w.-])([A-Za-z0-9][A-Za-z0-9._-]*)==([0-9][^\s;'\"]*)")
 LOCK = "envs/requirements.lock"
 IMAGE = "container/qcbench.sif"
-GPU_RULES = ("train_clean", "attack", "defend")
+GPU_RULES = ("train_clean", "attack", "defend", "defend_fp", "detect", "lac_curve")
 
 
 def norm(name: str) -> str:
@@ -138,7 +138,17 @@ def test_local_profile_polls_with_squeue_and_asks_for_no_gpu():
     assert local["executor"] == "slurm" and local["slurm-status-command"] == "squeue"
     assert local["slurm-init-seconds-before-status-checks"] <= 10
     assert "apptainer-args" not in local and "software-deployment-method" not in local
-    assert all(local["set-resources"][rule]["gpu"] == 0 for rule in GPU_RULES)
+    assert not any("gpu" in res for res in local["set-resources"].values()), "the test cluster has no GPU"
+
+
+def test_gpu_requests_are_a_site_setting():
+    """No rule declares a GPU (a CPU-only cluster would reject --gpus); the site profile asks for
+    one for every rule that trains or optimises, and for no other rule."""
+    rules = ROOT / "workflow" / "rules"
+    for p in rules.rglob("*.smk"):
+        assert not re.search(r"\bgpu\s*=", p.read_text()), f"GPU request in {p.relative_to(ROOT)}"
+    site = profile("slurm")["set-resources"]
+    assert {rule for rule, res in site.items() if res.get("gpu")} == set(GPU_RULES)
 
 
 def test_site_settings_only_in_profiles():

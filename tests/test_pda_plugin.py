@@ -60,10 +60,10 @@ def test_table6_renders_rows_attacks_and_paper_values():
     check_config(cfg)
     rows = []
     for d, ba, asr in (("none", 90.0, 95.0), ("nad", 88.0, 5.0), ("nad_pda", 88.5, 3.0)):
-        rows.append({"dataset": "fashion_mnist", "arch": "resnet_tiny", "attack": "blended", "bits": 32,
+        rows.append({"dataset": "fashion_mnist", "arch": "resnet_tiny", "attack": "badnets", "bits": 32,
                      "defense": d, "seed": 0, "backend": "sim", "ba": ba, "asr": asr})  # fmt: skip
     ctx = TableContext(pd.DataFrame(rows), cfg, PaperReference.load(ROOT / "config" / "paper-reference.csv"))
     md = render("table6", ctx)["md"]
-    assert "NAD + PDA" in md and "FT-SAM + PDA" in md and "blended" in md
+    assert "NAD + PDA" in md and "FT-SAM + PDA" in md and "badnets" in md
     assert "94.00" in md  # DER of NAD: [(95 - 5) - (90 - 88) + 100] / 2 %
     assert "(paper" in md and "not yet produced" in md  # paper values joined; missing cells say so

@@ -115,7 +115,7 @@ def test_jobs_went_through_sbatch(slurm_run):
             assert states[jobid][0] == "COMPLETED", (jobid, states[jobid])
         else:
             assert re.search(rf"JobId={jobid} .*JobState=COMPLETED", jobcomp), f"SLURM job {jobid} not found"
-    # the job comment is rule_<rule>_wildcards_…; collate and table are localrules, never queued
+    # the job comment is rule_<rule>_wildcards_…; collate, table and report are localrules, never queued
     rules = {re.sub(r"^rule_|_wildcards_.*$", "", states[i][1]) for i in ids if i in states}
     assert rules == SLURM_RULES
     logs = {p.stem for p in (work / ".snakemake" / "slurm_logs").rglob("*.log")}

@@ -19,7 +19,6 @@ rule lac_curve:
         "container/qcbench.sif"
     threads: 1
     resources:
-        gpu=1,
         mem_mb=8000,
         runtime=2160,
     params:

@@ -20,6 +20,11 @@ from qcbench.report import TABLES, table_inputs
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 # the paper's reported numbers, joined into the tables (config/paper-reference.md)
 PAPER_CSV = str(Path(workflow.basedir) / "config" / "paper-reference.csv")
+# optional sections set to null by a later --configfile are absent (snakemake's validate fills
+# schema defaults into sections and cannot descend into a null one)
+for _section in ("detection", "table6", "figures"):
+    if _section in config and config[_section] is None:
+        del config[_section]
 try:
     check_config(config, schema_path=SCHEMA)
 except ConfigError as err:

@@ -21,7 +21,6 @@ rule defend:
         "container/qcbench.sif"
     threads: 1
     resources:
-        gpu=1,
         mem_mb=8000,
         runtime=720,
     params:
@@ -52,7 +51,6 @@ rule defend_fp:
         "container/qcbench.sif"
     threads: 1
     resources:
-        gpu=1,
         mem_mb=8000,
         runtime=720,
     params:

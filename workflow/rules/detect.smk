@@ -23,7 +23,6 @@ rule detect:
         "container/qcbench.sif"
     threads: 1
     resources:
-        gpu=1,
         mem_mb=8000,
         runtime=240,
     params:

@@ -2,6 +2,7 @@
 localrules:
     collate,
     table,
+    report,
 
 
 rule collate:

@@ -15,7 +15,6 @@ rule train_clean:
         "container/qcbench.sif"
     threads: 1
     resources:
-        gpu=1,
         mem_mb=8000,
         runtime=720,
     params:
@@ -45,7 +44,6 @@ rule attack:
         "container/qcbench.sif"
     threads: 1
     resources:
-        gpu=1,
         mem_mb=8000,
         runtime=720,
     params:

@@ -207,7 +207,8 @@ def read_metrics(path: str) -> pd.DataFrame:
 
 def collate(paths: list[str], out: str) -> pd.DataFrame:
     """Concatenate per-model metrics into ``out``: check each file (its name in any error), refuse
-    two files with the same key, add DER against the no-defense cell, check the result and write
+    two files with the same key, add DER against the no-defense cell of the same
+    precision (an FP-level defense at 32 bits against the FP model), check the result and write
     it atomically (nothing is written when a check fails)."""
     from qcbench.metrics import der
 
@@ -227,7 +228,7 @@ def collate(paths: list[str], out: str) -> pd.DataFrame:
     ders = []
     for _, r in df.iterrows():
         k = tuple(r[c] for c in cell)
-        if r.defense == "none" or r.bits == 32 or k not in ref.index:
+        if r.defense == "none" or k not in ref.index:
             ders.append(float("nan"))
         else:
             nd = ref.loc[k]
