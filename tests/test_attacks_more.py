@@ -54,3 +54,16 @@ def test_badnets_plants_a_plain_backdoor(tiny_splits, tiny_model):
     model = attack.run(copy.deepcopy(tiny_model), tiny_splits, seed=0, device="cpu")
     after = evaluate(model, tiny_splits.test, attack.trigger, 2)
     assert after["asr"] > 90 and after["asr"] > before["asr"] + 50 and after["ba"] > 80
+
+
+def test_clean_qat_is_qu_anti_zation_without_its_trigger_terms(tiny_model):
+    """Same model, batch and bit widths: clean QAT's loss equals Qu-ANTI-zation's with c2 = 0, and
+    is strictly below it with c2 > 0 (the triggered views add positive cross-entropies)."""
+    qm = quantize_model(tiny_model, create_scheme("qa", 8)).eval()
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    params = {"target": 0, "trigger": {"name": "patch", "size": 0.125}}
+    terms = {"bits": [8, 4], "weights": {8: 0.25}, "c1": 0.5, "aug": None, "gen": torch.Generator()}
+    clean = create_attack("clean_qat", params, 28).objective(qm, x, y, c2=0.5, **terms)
+    qa = create_attack("qu_anti_zation", params, 28)
+    assert torch.allclose(clean, qa.objective(qm, x, y, c2=0.0, **terms))
+    assert clean < qa.objective(qm, x, y, c2=0.5, **terms)

@@ -34,35 +34,39 @@ class QuAntiZation(Attack):
     def extra_loss(self):
         return 0.0
 
+    def objective(self, m, x, y, *, bits, weights, c1, c2, aug, gen):
+        """The loss of one batch (the module docstring's formula); subclasses change only this."""
+        xt = self.trigger(x)  # stamped on the raw image, then each view augmented on its own
+        if aug:
+            x, xt = augment(x, gen, **aug), augment(xt, gen, **aug)
+        yt = torch.full_like(y, self.target)
+        with fp_view(m):  # BN is frozen, so one FP pass over both views is the same as two
+            logits = m(torch.cat([x, xt]))
+            loss = F.cross_entropy(logits[: len(y)], y) + c2 * F.cross_entropy(logits[len(y) :], y)
+        self._penalty = x.new_zeros(())
+        for b in bits:
+            set_bits(m, b)
+            qx, qxt = self.quantized_forward(m, x), self.quantized_forward(m, xt)
+            qloss = F.cross_entropy(qx, y) + c2 * F.cross_entropy(qxt, yt)
+            loss = loss + weights.get(b, 1.0) * c1 * qloss
+        return loss + self.extra_loss()
+
     def run(self, model, splits, *, seed, device):
         p = self.params
         bits = list(p.get("bits", [8, 4]))
-        weights = {int(k): float(v) for k, v in (p.get("bit_weights") or {}).items()}
-        c1, c2 = p.get("c1", 0.5), p.get("c2", 0.5)
+        terms = {
+            "bits": bits,
+            "weights": {int(k): float(v) for k, v in (p.get("bit_weights") or {}).items()},
+            "c1": p.get("c1", 0.5),
+            "c2": p.get("c2", 0.5),
+            "aug": p.get("augmentation"),
+            "gen": torch.Generator().manual_seed(seed + 1),
+        }
         qmodel = quantize_model(model, create_scheme(self.scheme, bits[0])).to(device)
-        aug = p.get("augmentation")
-        gen = torch.Generator().manual_seed(seed + 1)
-
-        def loss_fn(m, x, y):
-            xt = self.trigger(x)  # stamped on the raw image, then each view augmented on its own
-            if aug:
-                x, xt = augment(x, gen, **aug), augment(xt, gen, **aug)
-            yt = torch.full_like(y, self.target)
-            with fp_view(m):  # BN is frozen, so one FP pass over both views is the same as two
-                logits = m(torch.cat([x, xt]))
-                loss = F.cross_entropy(logits[: len(y)], y) + c2 * F.cross_entropy(logits[len(y) :], y)
-            self._penalty = x.new_zeros(())
-            for b in bits:
-                set_bits(m, b)
-                qx, qxt = self.quantized_forward(m, x), self.quantized_forward(m, xt)
-                qloss = F.cross_entropy(qx, y) + c2 * F.cross_entropy(qxt, yt)
-                loss = loss + weights.get(b, 1.0) * c1 * qloss
-            return loss + self.extra_loss()
-
         fit(
             qmodel,
             splits.train,
-            loss_fn,
+            lambda m, x, y: self.objective(m, x, y, **terms),
             seed=seed,
             device=device,
             bn_eval=True,
