@@ -55,6 +55,28 @@ def test_table1_joins_paper_values_and_marks_missing_cells():
     assert render("table1", ctx)["tex"].startswith(r"\begin{table}")
 
 
+def test_table1_keeps_to_the_main_run_and_lists_the_papers_other_rows():
+    """Ablation cells (another defense, a third seed, another attack) share metrics.parquet but
+    not Table 1; a paper row the run did not produce (FT here) is shown as not yet produced."""
+    paper = pd.concat([PAPER, pd.DataFrame([["T1", "cifar10", "resnet18", "pqbackdoor", "8", "ft", "", "ba", "85.29"]],
+                                           columns=PAPER.columns)])  # fmt: skip
+    df = pd.DataFrame(
+        [
+            _row("none", 8, 90.0, 95.0),
+            _row("lac", 8, 89.0, 2.0, der=95.0),
+            _row("lac", 8, 50.0, 50.0, seed=2, der=50.0),  # Table 5's third seed
+            _row("lac_only", 8, 70.0, 9.0, der=80.0),  # Table 5's LAC alone
+            _row("none", 8, 60.0, 1.0, attack="clean_qat"),  # Table 9's clean QAT model
+        ]  # fmt: skip
+    )
+    run = {"attacks": ["pq"], "bits": [8], "defenses": ["lac"], "seeds": [0, 1]}
+    ctx = TableContext(df, {"attacks": {"pq": {"method": "pqbackdoor"}}, "run": run}, PaperReference(paper))
+    md = render("table1", ctx)["md"]
+    assert "89.00 / 2.00 / 95.00" in md and "50.00" not in md  # seed 2 left out
+    assert "LAC |" not in md and "clean_qat" not in md and "seeds [0]" in md
+    assert "| FT | " + NOT_PRODUCED + " (paper 85.29 / – / –) |" in md
+
+
 def test_markdown_of_blocks_has_captions_and_notes():
     md = to_markdown([Block("Table X: cap", ["a", "b"], [["1", "2"]], note="n.b.")])
     assert md.startswith("**Table X: cap**") and "| 1 | 2 |" in md and md.rstrip().endswith("n.b.")

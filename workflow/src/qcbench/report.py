@@ -321,13 +321,31 @@ def _defense_block(ctx, table, label, dataset, arch, q, ref, rows, columns, seed
     return Block(caption, header, body)
 
 
+def _main_grid(df: pd.DataFrame, run: dict) -> pd.DataFrame:
+    """The cells of the main run (``run.attacks`` × ``run.bits`` × ``run.defenses`` ×
+    ``run.seeds``, plus the clean and attacked FP models): ablation and Table 6 cells share
+    results/metrics.parquet but belong to their own tables. Without a ``run`` section, all of ``df``."""
+    keep = pd.Series(True, index=df.index)
+    if run.get("attacks"):
+        keep &= df.attack.isin(["clean", *run["attacks"]])
+    if run.get("bits"):
+        keep &= df.bits.isin([32, *run["bits"]])
+    if run.get("defenses"):
+        keep &= df.defense.isin(["none", *run["defenses"]])
+    if run.get("seeds"):
+        keep &= df.seed.isin(run["seeds"])
+    return df[keep]
+
+
 def _defense_tables(ctx: TableContext, table: str, label: str, datasets=None, exclude=()) -> list[Block]:
     """Paper Tables 1/2: one block per (dataset, arch) run, plus its full-precision models; where
     the paper's own setting has no run, one block in the paper's layout with its numbers."""
     df = ctx.metrics[(ctx.metrics.backend == "sim") & ~ctx.metrics.dataset.isin(exclude)]
     if datasets is not None:
         df = df[df.dataset.isin(datasets)]
-    defenses = list((ctx.config.get("run") or {}).get("defenses") or [])
+    run = ctx.config.get("run") or {}
+    defenses = list(run.get("defenses") or [])
+    df = _main_grid(df, run)
     blocks = []
     for (dataset, arch), sub in df.groupby(["dataset", "arch"], sort=True):
         ref = reference_setting(ctx, table, dataset, arch)
@@ -335,7 +353,10 @@ def _defense_tables(ctx: TableContext, table: str, label: str, datasets=None, ex
         bits = sorted(q.bits.unique(), reverse=True)
         attacks = sorted(q.attack.unique())
         present = sorted(d for d in q.defense.unique() if d != "none")
-        rows = ["none"] + [d for d in defenses if d in present] + [d for d in present if d not in defenses]
+        rows = ["none"] + defenses + [d for d in present if d not in defenses]
+        # the paper's other rows too (e.g. the baselines when config/baselines.yaml is not layered
+        # on): "not yet produced" beside the paper's numbers
+        rows += [d for d in _paper_grid(ctx, table, *ref)[0] if d not in rows]
         seeds = sorted(int(s) for s in sub.seed.unique())
         blocks.append(
             _defense_block(
