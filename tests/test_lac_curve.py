@@ -59,9 +59,10 @@ def test_curve_has_every_kind_and_the_benign_run_is_the_lac_defense(tiny_model, 
 
 
 @pytest.mark.slow
-def test_benign_lac_lowers_the_asr_of_a_planted_backdoor(tiny_splits, one_torch_thread):
-    """Qu-ANTI-zation planted at 4 bits on a tiny model (as test_attack_defense): along the benign
-    curve the ASR falls from the undefended model's to far below it."""
+def test_benign_lac_lowers_the_asr_of_a_planted_backdoor(tiny_splits):
+    """Qu-ANTI-zation planted at 4 bits on a tiny model (as test_attack_defense, with torch's
+    default threads as there: under one thread the tiny 4-bit backdoor did not form, ASR 19 %):
+    along the benign curve the ASR falls from the undefended model's to far below it."""
     from qcbench.models import create_model
 
     torch.manual_seed(0)
