@@ -77,3 +77,34 @@ def tiny_model(tiny_splits):
     torch.manual_seed(0)
     m = tiny_splits.meta
     return create_model("resnet_tiny", m["num_classes"], m["in_channels"], m["mean"], m["std"], width=4).eval()
+
+
+@pytest.fixture(scope="session")
+def qa_model(tiny_splits):
+    """A tiny clean model and its Qu-ANTI-zation-attacked version (4-bit only, for speed), shared
+    by every test that needs a planted quantization-conditioned backdoor. Trained at two torch
+    threads whatever the caller's setting: the tiny 4-bit backdoor forms there (4-bit ASR far
+    above FP) but did not under one thread (ASR 19 %), float summation order being part of it."""
+    import copy
+
+    from qcbench.attacks import create_attack
+    from qcbench.train import train_clean
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        m = tiny_splits.meta
+        clean = create_model("resnet_tiny", 10, 1, m["mean"], m["std"], width=8)
+        train_clean(
+            clean, tiny_splits.train, {"epochs": 3, "batch_size": 64, "optimizer": {"name": "adam", "lr": 3e-3}}, 0
+        )
+        params = {
+            "target": 0, "trigger": {"name": "patch"}, "epochs": 6, "batch_size": 64, "bits": [4],
+            "optimizer": {"name": "adam", "lr": 2e-3, "weight_decay": 1e-4},
+        }  # fmt: skip
+        attack = create_attack("qu_anti_zation", params, 28)
+        attacked = attack.run(copy.deepcopy(clean), tiny_splits, seed=0, device="cpu")
+    finally:
+        torch.set_num_threads(n)
+    return clean, attacked, attack

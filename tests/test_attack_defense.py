@@ -1,16 +1,11 @@
 """Behaviour of the attack and the defense on a tiny model and synthetic data."""
 
-import copy
-
-import pytest
 import torch
-from qcbench.attacks import create_attack
 from qcbench.defenses import create_defense
 from qcbench.defenses.lac import bn_stat_distance, pda
 from qcbench.defenses.units import capture, extract_units
 from qcbench.metrics import evaluate
 from qcbench.quant import create_scheme, quantize_model
-from qcbench.train import train_clean
 
 
 def test_units_follow_the_reference_layer_pattern(tiny_model):
@@ -36,24 +31,6 @@ def test_pda_stays_within_gamma_and_lowers_the_bn_distance(tiny_model):
     assert (x - x0).abs().max() <= gamma + 1e-6 and not torch.equal(x, x0)
     with torch.no_grad():
         assert bn_stat_distance(qm, unit, x) < bn_stat_distance(qm, unit, x0)
-
-
-@pytest.fixture(scope="module")
-def qa_model(tiny_splits):
-    """A tiny clean model and its Qu-ANTI-zation-attacked version (4-bit only, for speed)."""
-    from qcbench.models import create_model
-
-    torch.manual_seed(0)
-    m = tiny_splits.meta
-    clean = create_model("resnet_tiny", 10, 1, m["mean"], m["std"], width=8)
-    train_clean(clean, tiny_splits.train, {"epochs": 3, "batch_size": 64, "optimizer": {"name": "adam", "lr": 3e-3}}, 0)
-    params = {
-        "target": 0, "trigger": {"name": "patch"}, "epochs": 6, "batch_size": 64, "bits": [4],
-        "optimizer": {"name": "adam", "lr": 2e-3, "weight_decay": 1e-4},
-    }  # fmt: skip
-    attack = create_attack("qu_anti_zation", params, 28)
-    attacked = attack.run(copy.deepcopy(clean), tiny_splits, seed=0, device="cpu")
-    return clean, attacked, attack
 
 
 def _asr(model, splits, attack, bits=None):

@@ -1,15 +1,11 @@
 """Figure 2's data (qcbench.lac_curve): LAC+PDA on benign, mixed and poisoned defender data."""
 
-import copy
-
 import pytest
 import torch
-from qcbench.attacks import create_attack
 from qcbench.defenses import create_defense
 from qcbench.lac_curve import DATA_KINDS, eval_subset, lac_curve, poison_batches
 from qcbench.metrics import evaluate
 from qcbench.quant import create_scheme, quantize_model
-from qcbench.train import train_clean
 from qcbench.triggers import create_trigger
 
 LAC = {"iterations": 6, "lr": 1e-3, "batch_size": 16, "calib_batches": 2, "pda": True, "pda_iterations": 2,
@@ -59,20 +55,10 @@ def test_curve_has_every_kind_and_the_benign_run_is_the_lac_defense(tiny_model, 
 
 
 @pytest.mark.slow
-def test_benign_lac_lowers_the_asr_of_a_planted_backdoor(tiny_splits):
-    """Qu-ANTI-zation planted at 4 bits on a tiny model (as test_attack_defense, with torch's
-    default threads as there: under one thread the tiny 4-bit backdoor did not form, ASR 19 %):
-    along the benign curve the ASR falls from the undefended model's to far below it."""
-    from qcbench.models import create_model
-
-    torch.manual_seed(0)
-    m = tiny_splits.meta
-    clean = create_model("resnet_tiny", 10, 1, m["mean"], m["std"], width=8)
-    train_clean(clean, tiny_splits.train, {"epochs": 3, "batch_size": 64, "optimizer": {"name": "adam", "lr": 3e-3}}, 0)
-    params = {"target": 0, "trigger": {"name": "patch"}, "epochs": 6, "batch_size": 64, "bits": [4],
-              "optimizer": {"name": "adam", "lr": 2e-3, "weight_decay": 1e-4}}  # fmt: skip
-    attack = create_attack("qu_anti_zation", params, 28)
-    attacked = attack.run(copy.deepcopy(clean), tiny_splits, seed=0, device="cpu")
+def test_benign_lac_lowers_the_asr_of_a_planted_backdoor(tiny_splits, qa_model):
+    """Qu-ANTI-zation planted at 4 bits on a tiny model (the shared ``qa_model``): along the
+    benign curve the ASR falls from the undefended model's to far below it."""
+    _, attacked, attack = qa_model
     q = quantize_model(attacked, create_scheme("qa", 4))
     lac = LAC | {"iterations": 150, "calib_batches": 8, "batch_size": 32, "pda_iterations": 5}
     df = lac_curve(q, tiny_splits, attack.trigger, 0, lac, seed=0, eval_every=300, kinds=("benign",))
