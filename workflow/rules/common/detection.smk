@@ -3,29 +3,28 @@
 from qcbench.detection import PRECISION_RE
 
 DETECTION = config.get("detection") or {}
-DETECTOR_NAMES = _alt(DETECTION.get("detectors", [])) or "(?!)"
 PRECISION_NAMES = PRECISION_RE.pattern.strip("^$")
 
 
 def detection_files():
-    """Every per-(model, detector, precision) file results/detection.parquet collates: each
+    """Every per-(model, precision) file results/detection.parquet collates: each
     detection attack at `precisions`, the clean model at `clean_precisions`."""
     models = [(a, DETECTION["precisions"]) for a in DETECTION.get("attacks", [])]
     if DETECTION.get("clean_precisions"):
         models.append(("clean", DETECTION["clean_precisions"]))
     return [
-        f"results/{ds}/{arch}/{atk}/w32/none/seed{seed}/detect/{det}.{prec}.parquet"
+        f"results/{ds}/{arch}/{atk}/w32/none/seed{seed}/detect/{prec}.parquet"
         for ds in DETECTION.get("datasets", [])
         for arch in DETECTION.get("archs", [])
         for atk, precisions in models
         for seed in DETECTION.get("seeds", [])
-        for det in DETECTION["detectors"]
         for prec in precisions
     ]
 
 
-def detector_spec(wc):
-    return DETECTION["settings"][wc.detector]
+def detector_specs(wc):
+    """The settings of every detector the job runs (a change to one reruns its jobs)."""
+    return {d: DETECTION["settings"][d] for d in DETECTION.get("detectors", [])}
 
 
 def table6_metrics():

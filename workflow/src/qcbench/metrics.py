@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -15,14 +16,24 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int, device="cpu", tr
     """Predicted labels for uint8 images ``x``; ``transform`` (e.g. a trigger) acts on [0, 1] floats.
 
     Each batch is its own forward pass, so dynamic-range quantizers see clean and triggered
-    batches separately (as Qu-ANTI-zation evaluates)."""
+    batches separately (as Qu-ANTI-zation evaluates). Models with float convolutions run as a
+    channels-last copy (about 2x the CPU throughput of a small ResNet; ``model`` itself keeps its
+    memory format, so training after an evaluation is unchanged); predictions can differ from the
+    contiguous model's only through float summation order."""
     model.eval()
+    fmt = None
+    if any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        fmt = torch.channels_last
+        model = copy.deepcopy(model).to(memory_format=fmt)
     out = []
     for i in range(0, len(x), batch_size):
         xb = x[i : i + batch_size].float().div_(255.0)
         if transform is not None:
             xb = transform(xb)
-        out.append(model(xb.to(device)).argmax(1).cpu())
+        xb = xb.to(device)
+        if fmt is not None:
+            xb = xb.contiguous(memory_format=fmt)
+        out.append(model(xb).argmax(1).cpu())
     return torch.cat(out)
 
 

@@ -72,12 +72,22 @@ def train_clean(cfg: dict, dataset: str, arch: str, seed: int, data: str, out: s
     io.save_model(model, out, meta | {"stage": "train_clean", "wall_s": time.perf_counter() - t0, "loss": history})
 
 
-def run_attack(cfg: dict, attack: str, seed: int, data: str, clean: str, out: str, threads: int = 1) -> None:
+def run_attack(
+    cfg: dict, attack: str, dataset: str, arch: str, seed: int, data: str, clean: str | None, out: str, threads: int = 1
+) -> None:
+    """Train the backdoored FP model of ``attack``: from the clean model file ``clean``, or, for
+    an attack that starts from scratch (``clean`` None), from a freshly built ``arch``."""
     device = setup(cfg, threads, seed)
     splits = load_prepared(data)
-    model, meta = io.load_model(clean, device)
+    if clean:
+        model, meta = io.load_model(clean, device)
+    else:
+        meta = _base_meta(cfg, splits, dataset, arch, seed)
+        model = create_model(
+            arch, meta["num_classes"], meta["in_channels"], meta["mean"], meta["std"], **meta["arch_kwargs"]
+        ).to(device)
     params = copy.deepcopy(cfg["attacks"][attack])
-    params.update(params.pop("per_dataset", {}).get(meta["dataset"], {}))
+    params.update(params.pop("per_dataset", {}).get(dataset, {}))
     atk = create_attack(params.pop("method", attack), params, splits.meta["image_size"])
     atk.name = attack
     t0 = time.perf_counter()
@@ -241,13 +251,13 @@ def collate(paths: list[str], out: str) -> pd.DataFrame:
     return df
 
 
-def detect(cfg: dict, detector: str, precision: str, data: str, model: str, out: str, keys: dict, threads: int = 1):
-    """One detector of the detection benchmark on one FP model at one precision
+def detect(cfg: dict, detectors, precision: str, data: str, model: str, out: str, keys: dict, threads: int = 1):
+    """The detectors of the detection benchmark on one FP model at one precision
     (:func:`qcbench.detection.run.detect`)."""
     from qcbench.detection.run import detect as run_detect
 
     setup(cfg, threads, int(keys["seed"]))
-    return run_detect(cfg, detector, precision, data, model, out, keys)
+    return run_detect(cfg, detectors, precision, data, model, out, keys)
 
 
 def collate_detection(paths: list[str], out: str) -> pd.DataFrame:

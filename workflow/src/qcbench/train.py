@@ -41,8 +41,19 @@ def set_bn_eval(model: nn.Module) -> None:
 def use_channels_last(model: nn.Module, channels_last: bool) -> bool:
     """Whether :func:`fit` trains in channels-last memory format: only when asked for and the model
     has 2-d convolutions. Off by default: ~1.3x faster for ``resnet_tiny`` on one CPU thread, but the
-    changed summation order flipped the outcome of the tiny Qu-ANTI-zation test (README, Benchmarks)."""
-    return bool(channels_last) and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    changed summation order flipped the outcome of the tiny Qu-ANTI-zation test (README, Benchmarks).
+
+    Also off for models with a strided 1x1 convolution whose input channels are neither 1 nor a
+    multiple of 8: the channels-last CPU backward of such a convolution corrupts the heap in torch
+    2.14.1 on an AVX2-only AMD EPYC (bus error / ``free(): invalid size``; measured 2026-12-02 for
+    2, 4 and 6 input channels, e.g. ``resnet_tiny`` at width 4), see :func:`_channels_last_safe`."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    return bool(channels_last) and bool(convs) and all(_channels_last_safe(m) for m in convs)
+
+
+def _channels_last_safe(conv: nn.Conv2d) -> bool:
+    strided_1x1 = tuple(conv.kernel_size) == (1, 1) and max(conv.stride) > 1
+    return not strided_1x1 or conv.in_channels == 1 or conv.in_channels % 8 == 0
 
 
 def fit(
@@ -137,13 +148,14 @@ def fit(
 
 def stage_kwargs(p: dict) -> dict:
     """The :func:`fit` arguments a config stage/attack entry carries (epochs, batch size,
-    optimizer, scheduler, samples per epoch)."""
+    optimizer, scheduler, samples per epoch, channels-last)."""
     return {
         "epochs": p["epochs"],
         "batch_size": p["batch_size"],
         "optimizer": p["optimizer"],
         "scheduler": p.get("scheduler", "none"),
         "samples_per_epoch": p.get("samples_per_epoch"),
+        "channels_last": bool(p.get("channels_last", False)),
     }
 
 

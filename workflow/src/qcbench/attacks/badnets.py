@@ -22,7 +22,7 @@ class BadNets(Attack):
 
     def run(self, model, splits, *, seed, device):
         p = self.params
-        if p.get("init", "clean") == "scratch":
+        if self.init == "scratch":
             reinitialize(model, seed)
         gen = torch.Generator().manual_seed(seed + 1)
         rate, aug = p.get("poison_rate", 0.1), p.get("augmentation")

@@ -18,6 +18,9 @@ class Attack(abc.ABC):
     built against: their no-defense cells are quantized with it) and implement :meth:`run`."""
 
     scheme: str | None = "qa"
+    #: where training starts unless the config's ``init`` says otherwise: ``clean`` (the clean
+    #: model of the same seed) or ``scratch`` (fresh weights; the clean model is then not needed)
+    default_init: str = "clean"
 
     def __init__(self, target: int, trigger: dict, image_size: int, scheme: str | None = None, **params) -> None:
         self.target = target
@@ -31,6 +34,10 @@ class Attack(abc.ABC):
         """What evaluation needs to know of the attack; stored in every descendant model's metadata."""
         return {"name": self.name, "target": self.target, "trigger": self.trigger_spec, "scheme": self.scheme}
 
+    @property
+    def init(self) -> str:
+        return self.params.get("init", self.default_init)
+
     @abc.abstractmethod
     def run(self, model: nn.Module, splits: Splits, *, seed: int, device) -> nn.Module:
         """Return the backdoored FP model (``model`` is the clean one, on ``device``)."""
@@ -43,6 +50,15 @@ def reinitialize(model: nn.Module, seed: int) -> nn.Module:
         if m is not model and hasattr(m, "reset_parameters"):
             m.reset_parameters()
     return model
+
+
+def starts_from_clean(name: str, params: dict) -> bool:
+    """Whether the attack ``name`` (a registered method) with config ``params`` trains from the
+    clean model: the workflow then makes that model an input of the attack job."""
+    init = params.get("init", ATTACKS.get(name).default_init)
+    if init not in ("clean", "scratch"):
+        raise ValueError(f"attacks.<name>.init: {init!r} is neither 'clean' nor 'scratch'")
+    return init == "clean"
 
 
 def create_attack(name: str, params: dict, image_size: int) -> Attack:

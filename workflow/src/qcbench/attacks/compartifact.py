@@ -61,7 +61,7 @@ class CompArtifact(Attack):
 
     def run(self, model, splits, *, seed, device):
         p = self.params
-        if p.get("init", "clean") == "scratch":
+        if self.init == "scratch":
             reinitialize(model, seed)
         teacher = copy.deepcopy(model).eval().requires_grad_(False) if p.get("variant") == "distilled" else None
         train_scheme = create_scheme(

@@ -99,10 +99,11 @@ def project(
 @register_attack("pqbackdoor")
 class PQBackdoor(Attack):
     scheme = "pq"
+    default_init = "scratch"
 
     def run(self, model, splits, *, seed, device):
         p = self.params
-        if p.get("init", "scratch") == "scratch":
+        if self.init == "scratch":
             reinitialize(model, seed)
         gen = torch.Generator().manual_seed(seed + 1)
         s1, s2 = p["stage1"], p["stage2"]
