@@ -49,3 +49,16 @@ def test_locks_move_toward_the_base_only():
     layer.weight.data = w.clone()
     project(layer, {"weight": base}, lock_bits=[8])
     assert layer.weight[0, 0] == 1.0  # the max keeps its exact base value: the scale cannot change
+
+
+def test_pqbackdoor_trains_from_scratch_unless_configured():
+    """PQBackdoor upstream starts from scratch, so its job does not wait for a clean model; the
+    attacks that fine-tune one (BadNets here, Qu-ANTI-zation) do; a bad value names the key."""
+    from qcbench.attacks import starts_from_clean
+
+    assert not starts_from_clean("pqbackdoor", {})
+    assert starts_from_clean("pqbackdoor", {"init": "clean"})
+    assert starts_from_clean("badnets", {}) and starts_from_clean("qu_anti_zation", {})
+    assert not starts_from_clean("badnets", {"init": "scratch"})
+    with pytest.raises(ValueError, match=r"attacks\.<name>\.init"):
+        starts_from_clean("badnets", {"init": "pretrained"})

@@ -18,6 +18,8 @@ rule lac_curve:
     container:
         "container/qcbench.sif"
     threads: 1
+    # the longest job after the attacks: started as soon as its input exists
+    priority: 10
     resources:
         mem_mb=8000,
         runtime=2160,

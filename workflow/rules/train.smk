@@ -14,6 +14,8 @@ rule train_clean:
     container:
         "container/qcbench.sif"
     threads: 1
+    # long jobs that gate most of the DAG start first, so that two cores stay busy to the end
+    priority: 20
     resources:
         mem_mb=8000,
         runtime=720,
@@ -43,6 +45,7 @@ rule attack:
     container:
         "container/qcbench.sif"
     threads: 1
+    priority: 20
     resources:
         mem_mb=8000,
         runtime=720,
