@@ -45,3 +45,22 @@ def test_der_on_known_numbers():
     assert math.isclose(der(90, 10, 90, 40), 50.0)  # an ASR rise is not penalised
     # paper Table 1, CompArtifact 8-bit, FT: 88.59/99.87 -> 90.59/1.72 printed as 99.08
     assert round(der(88.59, 99.87, 90.59, 1.72), 2) == 99.08
+
+
+def test_predict_runs_a_channels_last_copy_and_leaves_the_model_alone():
+    """predict evaluates conv models in channels-last (faster on CPU) on a copy: the caller's
+    parameters keep their identity and contiguous format, and the predictions are the
+    contiguous model's."""
+    from qcbench.metrics import predict
+    from qcbench.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet_tiny", 10, 1, [0.5], [0.5], width=8).eval()
+    params = list(model.parameters())
+    x = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8)
+    pred = predict(model, x, 32)
+    with torch.inference_mode():
+        ref = model(x.float() / 255).argmax(1)
+    assert all(p is q for p, q in zip(params, model.parameters()))
+    assert all(p.is_contiguous() for p in model.parameters())
+    assert torch.equal(pred, ref)

@@ -19,7 +19,11 @@ def main(argv=None) -> int:
     ap.add_argument("--run", default=".", help="a finished local-default run (repository root of it)")
     ap.add_argument("--out", default="results/benchmarks/summary.json")
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
-    ap.add_argument("--lac-fixed", default="300,1000", help="fixed LAC iteration counts to compare against")
+    ap.add_argument(
+        "--lac-fixed",
+        default=f"300,{measure.REFERENCE_ITERATIONS}",
+        help="fixed LAC iteration counts to compare against (the goal: the reference code's 10,000 if listed)",
+    )
     ap.add_argument("--thread-seconds", type=float, default=30.0)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)

@@ -187,9 +187,23 @@ def quant_forward(
 CELL = "results/fashion_mnist/resnet_tiny/qu_anti_zation/w{bits}/none/seed0/model.safetensors"
 
 
-def lac_early_stop(run_dir: str | Path, splits, fixed=(300,), early_stop: dict | None = None, bits: int = 4) -> dict:
+#: iterations per unit of the LAC reference code (QCB-LACPDA): the fixed protocol of issue #4
+REFERENCE_ITERATIONS = 10000
+
+
+def lac_early_stop(
+    run_dir: str | Path,
+    splits,
+    fixed=(300, REFERENCE_ITERATIONS),
+    early_stop: dict | None = None,
+    bits: int = 4,
+    reference: int = REFERENCE_ITERATIONS,
+) -> dict:
     """One LAC+PDA cell of a finished run, with the local default's LAC settings: early-stopped
-    (capped at the largest fixed count) vs each fixed iteration count, in one process."""
+    (capped at the largest fixed count) vs each fixed iteration count, in one process. The goal
+    is judged against ``reference`` (the reference code's 10,000 iterations per unit) when it is
+    among ``fixed``, else against the local default's own count; ``goal_vs`` gives the verdict
+    against every fixed count."""
     from qcbench import io
     from qcbench.defenses import create_defense
     from qcbench.metrics import evaluate
@@ -223,9 +237,16 @@ def lac_early_stop(run_dir: str | Path, splits, fixed=(300,), early_stop: dict |
 
     early = one(base | {"iterations": max(fixed), "early_stop": early_stop})
     runs = {str(n): one(base | {"iterations": n, "early_stop": None}) for n in fixed}
-    ref = runs[str(base["iterations"])] if str(base["iterations"]) in runs else runs[str(max(fixed))]
+    for key in (str(reference), str(base["iterations"]), str(max(fixed))):
+        if key in runs:
+            ref = runs[key]
+            break
     ratio = {k: round(early["wall_s"] / v["wall_s"], 3) for k, v in runs.items()}
     d_asr, d_ba = round(early["asr"] - ref["asr"], 2), round(early["ba"] - ref["ba"], 2)
+
+    def goal(k, v):
+        return bool(early["asr"] - v["asr"] <= 0.5 and early["ba"] - v["ba"] >= -0.5 and ratio[k] <= 0.25)
+
     return {
         "cell": str(qpath.parent.relative_to(run_dir)),
         "early_stop": early_stop,
@@ -236,7 +257,8 @@ def lac_early_stop(run_dir: str | Path, splits, fixed=(300,), early_stop: dict |
         "ratio": ratio,
         "delta_asr": d_asr,
         "delta_ba": d_ba,
-        "meets_goal": bool(d_asr <= 0.5 and d_ba >= -0.5 and ratio[str(ref["iterations"])] <= 0.25),
+        "meets_goal": goal(str(ref["iterations"]), ref),
+        "goal_vs": {k: goal(k, v) for k, v in runs.items()},
     }
 
 
