@@ -60,13 +60,18 @@ def _base_meta(cfg: dict, splits, dataset: str, arch: str, seed: int) -> dict:
     }
 
 
+def _new_model(meta: dict, device) -> torch.nn.Module:
+    """A freshly initialised model of ``meta``'s architecture (see :func:`_base_meta`)."""
+    return create_model(
+        meta["arch"], meta["num_classes"], meta["in_channels"], meta["mean"], meta["std"], **meta["arch_kwargs"]
+    ).to(device)
+
+
 def train_clean(cfg: dict, dataset: str, arch: str, seed: int, data: str, out: str, threads: int = 1) -> None:
     device = setup(cfg, threads, seed)
     splits = load_prepared(data)
     meta = _base_meta(cfg, splits, dataset, arch, seed)
-    model = create_model(
-        arch, meta["num_classes"], meta["in_channels"], meta["mean"], meta["std"], **meta["arch_kwargs"]
-    ).to(device)
+    model = _new_model(meta, device)
     t0 = time.perf_counter()
     history = _train_clean(model, splits.train, cfg["clean"][dataset], seed, device)
     io.save_model(model, out, meta | {"stage": "train_clean", "wall_s": time.perf_counter() - t0, "loss": history})
@@ -83,9 +88,7 @@ def run_attack(
         model, meta = io.load_model(clean, device)
     else:
         meta = _base_meta(cfg, splits, dataset, arch, seed)
-        model = create_model(
-            arch, meta["num_classes"], meta["in_channels"], meta["mean"], meta["std"], **meta["arch_kwargs"]
-        ).to(device)
+        model = _new_model(meta, device)
     params = copy.deepcopy(cfg["attacks"][attack])
     params.update(params.pop("per_dataset", {}).get(dataset, {}))
     atk = create_attack(params.pop("method", attack), params, splits.meta["image_size"])
