@@ -34,9 +34,14 @@ class Attack(abc.ABC):
         """What evaluation needs to know of the attack; stored in every descendant model's metadata."""
         return {"name": self.name, "target": self.target, "trigger": self.trigger_spec, "scheme": self.scheme}
 
+    @classmethod
+    def init_of(cls, params: dict) -> str:
+        """Where an attack configured with ``params`` starts: its ``init``, else the default."""
+        return params.get("init", cls.default_init)
+
     @property
     def init(self) -> str:
-        return self.params.get("init", self.default_init)
+        return self.init_of(self.params)
 
     @abc.abstractmethod
     def run(self, model: nn.Module, splits: Splits, *, seed: int, device) -> nn.Module:
@@ -55,7 +60,7 @@ def reinitialize(model: nn.Module, seed: int) -> nn.Module:
 def starts_from_clean(name: str, params: dict) -> bool:
     """Whether the attack ``name`` (a registered method) with config ``params`` trains from the
     clean model: the workflow then makes that model an input of the attack job."""
-    init = params.get("init", ATTACKS.get(name).default_init)
+    init = ATTACKS.get(name).init_of(params)
     if init not in ("clean", "scratch"):
         raise ValueError(f"attacks.<name>.init: {init!r} is neither 'clean' nor 'scratch'")
     return init == "clean"
