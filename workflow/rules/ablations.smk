@@ -13,13 +13,13 @@ rule lac_curve:
         "results/benchmarks/lac_curve/{dataset}/{arch}/{attack}/w{bits}/seed{seed}.tsv"
     wildcard_constraints:
         bits=r"(?!32$)\d+",
+    # the longest job after the attacks: started as soon as its input exists
+    priority: 10
     conda:
         "../../envs/qcbench.yaml"
     container:
         "container/qcbench.sif"
     threads: 1
-    # the longest job after the attacks: started as soon as its input exists
-    priority: 10
     resources:
         mem_mb=8000,
         runtime=2160,

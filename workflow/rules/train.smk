@@ -9,13 +9,13 @@ rule train_clean:
         "results/logs/train_clean/{dataset}/{arch}/seed{seed}.log",
     benchmark:
         "results/benchmarks/train_clean/{dataset}/{arch}/seed{seed}.tsv"
+    # long jobs that gate most of the DAG start first, so that two cores stay busy to the end
+    priority: 20
     conda:
         "../../envs/qcbench.yaml"
     container:
         "container/qcbench.sif"
     threads: 1
-    # long jobs that gate most of the DAG start first, so that two cores stay busy to the end
-    priority: 20
     resources:
         mem_mb=8000,
         runtime=720,
@@ -40,12 +40,12 @@ rule attack:
         "results/benchmarks/attack/{dataset}/{arch}/{attack}/seed{seed}.tsv"
     wildcard_constraints:
         attack=ATTACK_NAMES,
+    priority: 20
     conda:
         "../../envs/qcbench.yaml"
     container:
         "container/qcbench.sif"
     threads: 1
-    priority: 20
     resources:
         mem_mb=8000,
         runtime=720,
