@@ -62,3 +62,36 @@ def test_pqbackdoor_trains_from_scratch_unless_configured():
     assert not starts_from_clean("badnets", {"init": "scratch"})
     with pytest.raises(ValueError, match=r"attacks\.<name>\.init"):
         starts_from_clean("badnets", {"init": "pretrained"})
+
+
+def _residual(w: torch.Tensor, bits: int, per_channel: bool) -> torch.Tensor:
+    dims = tuple(range(1, w.ndim)) if per_channel else tuple(range(w.ndim))
+    q = w / (w.abs().amax(dim=dims, keepdim=True) / ((2**bits - 1) / 2))
+    return q - torch.round(q)
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_grid_penalty_pulls_weights_to_their_grid_points_without_changing_codes(per_channel):
+    """The TF version's stage-1 regulariser: its minimum (−0.25 per grid) is every weight on a
+    grid point; descending it centres each weight in its rounding box and keeps its code."""
+    from qcbench.attacks.pqbackdoor import grid_penalty
+
+    g = torch.Generator().manual_seed(0)
+    w = nn.Parameter(torch.randn(8, 4, 3, 3, generator=g))
+    before = _residual(w.detach(), 8, per_channel)
+    dims = (1, 2, 3) if per_channel else (0, 1, 2, 3)
+    s = w.detach().abs().amax(dim=dims, keepdim=True) / 127.5
+    codes = torch.round(w.detach() / s)
+    # on the grid (the max-abs elements sit on a rounding tie by convention and count 0)
+    on_grid = torch.where(w.detach().abs() == s * 127.5, w.detach(), codes * s)
+    assert grid_penalty([on_grid], [8], (per_channel,)).item() < -0.24
+    assert grid_penalty([w.detach()], [8], (per_channel,)).item() > -0.12  # ~ -1/12 when uniform
+    opt = torch.optim.Adam([w], lr=0.02 * s.min().item())
+    for _ in range(300):
+        opt.zero_grad()
+        grid_penalty([w], [8], (per_channel,)).backward()
+        opt.step()
+    after = _residual(w.detach(), 8, per_channel)
+    assert before.abs().mean() > 0.2 and after.abs().mean() < 0.5 * before.abs().mean()
+    inner = w.detach().abs() < s * 127  # the max-abs elements sit on a tie (Adam may nudge them)
+    assert torch.equal(torch.round(w.detach() / s)[inner], codes[inner])  # each stays in its box

@@ -56,6 +56,11 @@ def _channels_last_safe(conv: nn.Conv2d) -> bool:
     return not strided_1x1 or conv.in_channels == 1 or conv.in_channels % 8 == 0
 
 
+def steps_per_epoch(n: int, batch_size: int, samples_per_epoch: int | None = None) -> int:
+    """Optimizer steps :func:`fit` takes per epoch on ``n`` samples (capped by ``samples_per_epoch``)."""
+    return math.ceil(min(samples_per_epoch or n, n) / batch_size)
+
+
 def fit(
     model: nn.Module,
     data: ImageSet,
@@ -96,12 +101,12 @@ def fit(
     if cl:
         model.to(memory_format=torch.channels_last)
     opt = make_optimizer(params if params is not None else model.parameters(), **optimizer)
-    steps_per_epoch = math.ceil(min(samples_per_epoch or len(data), len(data)) / batch_size)
+    steps = steps_per_epoch(len(data), batch_size, samples_per_epoch)
     sched = None
     if callable(scheduler):
         sched = scheduler(opt)
     elif scheduler == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps))
     history: list[float] = []
     best, best_state = math.inf, None
     for epoch in range(epochs):
@@ -111,7 +116,7 @@ def fit(
         total, count = 0.0, 0
         bar = tqdm(
             data.batches(batch_size, shuffle=True, generator=g, limit=samples_per_epoch),
-            total=steps_per_epoch,
+            total=steps,
             desc=f"{desc} {epoch + 1}/{epochs}",
             file=sys.stderr,
             mininterval=progress_interval(),

@@ -21,12 +21,22 @@ other parameters (BN affine, biases) are reset to their stage-1 values. The quan
 therefore the stage-1 backdoor while the FP model unlearns it. Scales use PyTorch's symmetric
 convention max/((qmax−qmin)/2), the same the ``pq`` scheme evaluates with.
 
+``grid_reg: {alpha, epochs}`` adds the TensorFlow version's stage-1 regulariser for the last
+``epochs`` epochs of stage 1: α·R with R = −Σ_w mean((|d| − 0.5)²), d the fractional rounding
+residual of w/s. It pulls every weight to the centre of its rounding box, so that stage 2 can move
+it by almost half a step either way before the code lock stops it (upstream TF: α = 1 after epoch
+80 of 100). qcbench computes d on the locked grids (``lock_bits`` × ``lock_granularity``, summed
+when there are several), with the scale treated as a constant (upstream TF: conv per channel, dense
+per tensor, max/127). Off unless configured (the PyTorch reference has no such term).
+
 Deviations, recorded: stage-1 checkpoint selection upstream uses test data (CDA + ASR); qcbench
 keeps the last epoch. ``init: clean`` (start stage 1 from the clean model) is a qcbench option
 for CPU budgets; upstream trains from scratch (``init: scratch``, the default).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +45,7 @@ from torch import nn
 from qcbench.attacks.base import Attack, register_attack, reinitialize
 from qcbench.data import augment
 from qcbench.quant import qrange
-from qcbench.train import fit, stage_kwargs
+from qcbench.train import fit, stage_kwargs, steps_per_epoch
 
 
 def _reduce_dims(w: torch.Tensor, per_channel: bool):
@@ -64,6 +74,21 @@ def code_lock(w: torch.Tensor, base: torch.Tensor, bits: int, per_channel: bool,
 
 def quantized_weights(model: nn.Module) -> list[nn.Parameter]:
     return [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def grid_penalty(weights, lock_bits, granularity: tuple[bool, ...]) -> torch.Tensor:
+    """R = −Σ_w mean((|d| − 0.5)²) over the locked grids, d = w/s − round(w/s) with the scale s
+    taken as a constant: minimal (−0.25 per grid) when every weight sits on a grid point."""
+    terms = []
+    for w in weights:
+        for bits in lock_bits:
+            qmin, qmax = qrange(bits, True)
+            for per_channel in granularity:
+                m = w.detach().abs().amax(dim=_reduce_dims(w, per_channel), keepdim=True)
+                q = w / (m / ((qmax - qmin) / 2)).clamp_min(1e-12)
+                d = q - torch.round(q.detach())
+                terms.append(((d.abs() - 0.5) ** 2).mean())
+    return -torch.stack(terms).sum()
 
 
 @torch.no_grad()
@@ -102,33 +127,59 @@ class PQBackdoor(Attack):
     default_init = "scratch"
 
     def run(self, model, splits, *, seed, device):
-        p = self.params
         if self.init == "scratch":
             reinitialize(model, seed)
         gen = torch.Generator().manual_seed(seed + 1)
-        s1, s2 = p["stage1"], p["stage2"]
+        self.stage1(model, splits, seed=seed, device=device, gen=gen)
+        base = {n: q.detach().clone() for n, q in model.named_parameters()}
+        self.stage2(model, base, splits, seed=seed, device=device, gen=gen)
+        self.stage1_state = base
+        return model.eval()
 
-        def stage1_loss(m, x, y):
+    def _locks(self):
+        p = self.params
+        granularity = tuple(g == "per_channel" for g in p.get("lock_granularity", ["per_channel", "per_tensor"]))
+        return list(p.get("lock_bits", [8])), p.get("eps", 1e-3), granularity
+
+    def stage1(self, model, splits, *, seed, device, gen):
+        """An ordinary backdoor (≈1.5 % poison per step), plus ``grid_reg`` at the end if set."""
+        s1, grid = self.params["stage1"], self.params.get("grid_reg")
+        lock_bits, _, granularity = self._locks()
+        weights = quantized_weights(model)
+        grid_from = math.inf
+        if grid:
+            n = steps_per_epoch(len(splits.train), s1["batch_size"], s1.get("samples_per_epoch"))
+            grid_from = (s1["epochs"] - grid["epochs"]) * n
+        steps = 0
+
+        def loss_fn(m, x, y):
+            nonlocal steps
             k = max(1, len(y) // 64)
             xc = augment(x, gen, **s1["augmentation"]) if s1.get("augmentation") else x
             xb = torch.cat([xc, self.trigger(x[:k])])
             yb = torch.cat([y, torch.full_like(y[:k], self.target)])
-            return F.cross_entropy(m(xb), yb)
+            loss = F.cross_entropy(m(xb), yb)
+            steps += 1
+            if steps > grid_from:
+                loss = loss + grid["alpha"] * grid_penalty(weights, lock_bits, granularity)
+            return loss
 
-        fit(model, splits.train, stage1_loss, seed=seed, device=device, desc="pqbackdoor stage 1", **stage_kwargs(s1))
-        base = {n: q.detach().clone() for n, q in model.named_parameters()}
-        lock_bits = list(p.get("lock_bits", [8]))
-        eps = p.get("eps", 1e-3)
-        granularity = tuple(g == "per_channel" for g in p.get("lock_granularity", ["per_channel", "per_tensor"]))
+        fit(model, splits.train, loss_fn, seed=seed, device=device, desc="pqbackdoor stage 1", **stage_kwargs(s1))
 
-        def stage2_loss(m, x, y):
+    def stage2(self, model, base, splits, *, seed, device, gen):
+        """Unlearn in eval mode (clean + triggered, true labels), projected after every step so
+        that each locked code and scale stays that of ``base`` (the stage-1 weights)."""
+        s2 = self.params["stage2"]
+        lock_bits, eps, granularity = self._locks()
+
+        def loss_fn(m, x, y):
             xc = augment(x, gen, **s2["augmentation"]) if s2.get("augmentation") else x
             return F.cross_entropy(m(torch.cat([xc, self.trigger(x)])), torch.cat([y, y]))
 
         fit(
             model,
             splits.train,
-            stage2_loss,
+            loss_fn,
             seed=seed + 2,
             device=device,
             eval_mode=True,
@@ -137,5 +188,3 @@ class PQBackdoor(Attack):
             desc="pqbackdoor stage 2",
             **stage_kwargs(s2),
         )
-        self.stage1_state = base
-        return model.eval()
