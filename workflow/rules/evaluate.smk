@@ -7,6 +7,8 @@ rule evaluate:
         metrics=f"results/{CELL}/metrics.parquet",
     log:
         f"results/logs/evaluate/{CELL}.log",
+    benchmark:
+        f"results/benchmarks/evaluate/{CELL}.tsv"
     conda:
         "../../envs/qcbench.yaml"
     container:
@@ -31,6 +33,8 @@ rule evaluate_backend:
         metrics="results/{dataset}/{arch}/{attack}/w8/none/seed{seed}/metrics.{backend}.parquet",
     log:
         "results/logs/evaluate_backend/{dataset}/{arch}/{attack}/{backend}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/evaluate_backend/{dataset}/{arch}/{attack}/{backend}/seed{seed}.tsv"
     conda:
         "../../envs/qcbench.yaml"
     container:

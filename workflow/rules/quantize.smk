@@ -9,6 +9,8 @@ rule quantize:
         meta="results/{dataset}/{arch}/{attack}/w{bits}/{defense}/seed{seed}/model.json",
     log:
         "results/logs/quantize/{dataset}/{arch}/{attack}/w{bits}/{defense}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/quantize/{dataset}/{arch}/{attack}/w{bits}/{defense}/seed{seed}.tsv"
     wildcard_constraints:
         bits=r"(?!32$)\d+",
         defense=_alt(["none", *FP_DEFENSES]),

@@ -12,6 +12,8 @@ rule collate:
         "results/metrics.parquet",
     log:
         "results/logs/collate.log",
+    benchmark:
+        "results/benchmarks/collate/collate.tsv"
     conda:
         "../../envs/qcbench.yaml"
     container:
@@ -38,6 +40,8 @@ rule table:
         ),
     log:
         "results/logs/table/{table}.log",
+    benchmark:
+        "results/benchmarks/table/{table}.tsv"
     wildcard_constraints:
         table=TABLE_NAMES,
     conda:
