@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 import sys
 from pathlib import Path
@@ -15,6 +16,21 @@ from qcbench.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIGS = (ROOT / "config" / "local.yaml", ROOT / "tests" / "tiny" / "config.yaml")
+REAL_PATH = os.environ.get("PATH", "")  # test_slurm runs SLURM's own tools with it
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_slurm_probe(tmp_path_factory):
+    """Every `snakemake` start imports the slurm executor plugin, which asks `scontrol show config`
+    for MinJobAge (plugin 2.8.0). With slurm-client installed but no controller up, that waits
+    ~9 s per start. Tests that do not use SLURM see an `scontrol` that fails at once instead (the
+    plugin then assumes no MinJobAge); test_slurm passes REAL_PATH to what it runs."""
+    stub = tmp_path_factory.mktemp("no_slurm")
+    (stub / "scontrol").write_text("#!/bin/sh\nexit 1\n")
+    (stub / "scontrol").chmod(0o755)
+    os.environ["PATH"] = f"{stub}{os.pathsep}{REAL_PATH}"
+    yield
+    os.environ["PATH"] = REAL_PATH
 
 
 def snakemake_cmd(workdir, *args, configs=()) -> list[str]:

@@ -17,7 +17,7 @@ import time
 import pandas as pd
 import pytest
 
-from .conftest import ROOT, snakemake_cmd, write_idx
+from .conftest import REAL_PATH, ROOT, snakemake_cmd, write_idx
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,12 @@ SLURM_RULES = {"prepare_data", "train_clean", "attack", "quantize", "defend", "e
 
 
 def _sh(*cmd, timeout=60):
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_real_env())
+
+
+def _real_env():
+    """The environment with SLURM's real tools (conftest stubs `scontrol` for the other tests)."""
+    return {**os.environ, "PATH": REAL_PATH}
 
 
 def _cluster_idle() -> bool:
@@ -73,7 +78,13 @@ def _run_snakemake(workdir, *args):
     """snakemake in its own process group; on timeout SIGINT (it scancels its jobs), then SIGKILL."""
     cmd = snakemake_cmd(workdir, *args, "--profile", str(PROFILE), configs=[ROOT / "tests" / "slurm" / "config.yaml"])
     proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env=_real_env(),
     )
     try:
         out, _ = proc.communicate(timeout=TIMEOUT_S)
