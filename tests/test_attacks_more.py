@@ -67,3 +67,12 @@ def test_clean_qat_is_qu_anti_zation_without_its_trigger_terms(tiny_model):
     qa = create_attack("qu_anti_zation", params, 28)
     assert torch.allclose(clean, qa.objective(qm, x, y, c2=0.0, **terms))
     assert clean < qa.objective(qm, x, y, c2=0.5, **terms)
+
+
+def test_an_attack_that_declares_its_bits_gets_cells_at_those_widths_only():
+    from qcbench.attacks import cell_bits
+
+    assert cell_bits({"bits": 4}, [8, 4]) == [4]  # CompArtifact built for 4 bits
+    assert cell_bits({"bits": [8, 4]}, [8, 4]) == [8, 4]  # Qu-ANTI-zation, jointly
+    assert cell_bits({}, [8, 4]) == [8, 4]  # PQBackdoor declares none: every width of the run
+    assert cell_bits({"bits": 8}, [4]) == []

@@ -12,7 +12,7 @@ except ImportError:  # a checkout without the package installed
     sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "src"))
 
 from qcbench.ablations import ablation_cells
-from qcbench.attacks import starts_from_clean
+from qcbench.attacks import cell_bits, starts_from_clean
 from qcbench.config import ConfigError, check_config
 from qcbench.defenses import is_fp_defense
 from qcbench.figures import FIGURES, figure_inputs, figure_names
@@ -99,12 +99,13 @@ def cell_metrics():
                             out.append(
                                 f"{base}/{atk}/w32/{d}/seed{seed}/metrics.parquet"
                             )
-                    for bits in RUN["bits"]:
+                    bits_of = cell_bits(config["attacks"][atk], RUN["bits"])
+                    for bits in bits_of:
                         for d in ["none", *RUN["defenses"]]:
                             out.append(
                                 f"{base}/{atk}/w{bits}/{d}/seed{seed}/metrics.parquet"
                             )
-                    if 8 in RUN["bits"]:
+                    if 8 in bits_of:
                         for b in config["eval"].get("backends", []):
                             out.append(
                                 f"{base}/{atk}/w8/none/seed{seed}/metrics.{b}.parquet"

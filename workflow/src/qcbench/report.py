@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from qcbench._registry import Registry
+from qcbench.attacks import cell_bits
 
 TABLES = Registry("table")
 NOT_PRODUCED = "not yet produced"
@@ -337,6 +338,12 @@ def _main_grid(df: pd.DataFrame, run: dict) -> pd.DataFrame:
     return df[keep]
 
 
+def _columns(ctx: TableContext, bits, attacks) -> list[tuple[int, str]]:
+    """(bits, attack) column groups: an attack that declares its ``bits`` only at those widths."""
+    specs = ctx.config.get("attacks") or {}
+    return [(b, a) for b in bits for a in attacks if cell_bits(specs.get(a) or {}, [b])]
+
+
 def _defense_tables(ctx: TableContext, table: str, label: str, datasets=None, exclude=()) -> list[Block]:
     """Paper Tables 1/2: one block per (dataset, arch) run, plus its full-precision models; where
     the paper's own setting has no run, one block in the paper's layout with its numbers."""
@@ -359,9 +366,7 @@ def _defense_tables(ctx: TableContext, table: str, label: str, datasets=None, ex
         rows += [d for d in _paper_grid(ctx, table, *ref)[0] if d not in rows]
         seeds = sorted(int(s) for s in sub.seed.unique())
         blocks.append(
-            _defense_block(
-                ctx, table, label, dataset, arch, q, ref, rows, [(b, a) for b in bits for a in attacks], seeds
-            )
+            _defense_block(ctx, table, label, dataset, arch, q, ref, rows, _columns(ctx, bits, attacks), seeds)
         )
         fp = sub[sub.bits == 32]
         fp_rows = sorted(fp.attack.unique(), key=lambda a: (a != "clean", a))

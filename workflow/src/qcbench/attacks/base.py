@@ -66,6 +66,17 @@ def starts_from_clean(name: str, params: dict) -> bool:
     return init == "clean"
 
 
+def cell_bits(params: dict, run_bits) -> list[int]:
+    """The bit widths of the main grid (``run.bits``) at which an attack gets cells: those it
+    declares in ``bits`` (the widths it trains against, e.g. a CompArtifact built for 4 bits), else
+    all of them (PQBackdoor, BadNets: no ``bits``)."""
+    declared = params.get("bits")
+    if declared is None:
+        return list(run_bits)
+    declared = {int(b) for b in ([declared] if isinstance(declared, int) else declared)}
+    return [b for b in run_bits if b in declared]
+
+
 def create_attack(name: str, params: dict, image_size: int) -> Attack:
     cls = ATTACKS.get(name)
     attack = cls(image_size=image_size, **params)
