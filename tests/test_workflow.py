@@ -56,6 +56,34 @@ def test_second_run_has_nothing_to_do(tiny_run):
     assert "Nothing to be done" in out.stdout + out.stderr
 
 
+def _reversed_keys(node):
+    if isinstance(node, dict):
+        return {k: _reversed_keys(node[k]) for k in reversed(list(node))}
+    return [_reversed_keys(v) for v in node] if isinstance(node, list) else node
+
+
+def test_reordering_config_keys_reruns_nothing(tiny_run, tmp_path):
+    """The same settings in another key order (a hand edit, a `<<:` merge) are the same params."""
+    import yaml
+
+    from .conftest import TINY_CONFIGS
+
+    def merge(base, new):  # Snakemake's recursive update of one config file by the next
+        for k, v in new.items():
+            base[k] = merge(base.get(k) or {}, v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+        return base
+
+    merged = {}
+    for path in TINY_CONFIGS:
+        merge(merged, yaml.safe_load(path.read_text()))
+    reordered = tmp_path / "reordered.yaml"
+    reordered.write_text(yaml.safe_dump(_reversed_keys(merged), sort_keys=False))
+    cmd = [*snakemake_cmd(tiny_run, "--cores", "2", "all", "-n")[: -len(TINY_CONFIGS)], str(reordered)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Nothing to be done" in out.stdout + out.stderr, (out.stdout + out.stderr)[-3000:]
+
+
 def test_one_cell_is_one_target(tiny_run):
     cell = "results/fashion_mnist/resnet_tiny/qu_anti_zation/w4/lac/seed1/metrics.parquet"
     out = snakemake(tiny_run, cell, "--forcerun", cell, "-n")

@@ -24,8 +24,8 @@ rule lac_curve:
         mem_mb=8000,
         runtime=2160,
     params:
-        spec=config["defenses"].get("lac"),
-        figure=(config.get("figures") or {}).get("fig2"),
+        spec=_canonical(config["defenses"].get("lac")),
+        figure=_canonical((config.get("figures") or {}).get("fig2")),
         version=qcbench.__version__,
     script:
         "../scripts/lac_curve.py"

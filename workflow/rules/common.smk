@@ -126,16 +126,27 @@ def table_input(wc):
     }
 
 
+def _canonical(spec):
+    """A config entry with its keys sorted at every level: Snakemake's params trigger compares
+    the dicts in order, so reordering keys in a YAML file (or a `<<:` merge) must not rerun jobs.
+    """
+    if isinstance(spec, dict):
+        return {k: _canonical(spec[k]) for k in sorted(spec, key=str)}
+    if isinstance(spec, list):
+        return [_canonical(v) for v in spec]
+    return spec
+
+
 def clean_spec(wc):
-    return config["clean"][wc.dataset]
+    return _canonical(config["clean"][wc.dataset])
 
 
 def attack_spec(wc):
-    return config["attacks"][wc.attack]
+    return _canonical(config["attacks"][wc.attack])
 
 
 def defense_spec(wc):
-    return config["defenses"][wc.defense]
+    return _canonical(config["defenses"][wc.defense])
 
 
 # -- tables, figures and the report (workflow/rules/report.smk) --

@@ -18,7 +18,7 @@ rule evaluate:
         mem_mb=4000,
         runtime=30,
     params:
-        eval=config["eval"],
+        eval=_canonical(config["eval"]),
     script:
         "../scripts/evaluate.py"
 
@@ -44,7 +44,7 @@ rule evaluate_backend:
         mem_mb=4000,
         runtime=30,
     params:
-        eval=config["eval"],
-        quant=config["quant"],
+        eval=_canonical(config["eval"]),
+        quant=_canonical(config["quant"]),
     script:
         "../scripts/evaluate_backend.py"

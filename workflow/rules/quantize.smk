@@ -23,7 +23,7 @@ rule quantize:
         mem_mb=4000,
         runtime=30,
     params:
-        quant=config["quant"],
+        quant=_canonical(config["quant"]),
         version=qcbench.__version__,
     script:
         "../scripts/quantize.py"

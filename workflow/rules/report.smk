@@ -49,7 +49,7 @@ rule table:
     container:
         "container/qcbench.sif"
     params:
-        config=config,
+        config=_canonical(config),
     script:
         "../scripts/table.py"
 
@@ -81,7 +81,7 @@ rule figure:
         "container/qcbench.sif"
     threads: 1
     params:
-        config=config,
+        config=_canonical(config),
     script:
         "../scripts/figure.py"
 

@@ -24,7 +24,9 @@ def detection_files():
 
 def detector_specs(wc):
     """The settings of every detector the job runs (a change to one reruns its jobs)."""
-    return {d: DETECTION["settings"][d] for d in DETECTION.get("detectors", [])}
+    return {
+        d: _canonical(DETECTION["settings"][d]) for d in DETECTION.get("detectors", [])
+    }
 
 
 def table6_metrics():
