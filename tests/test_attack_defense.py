@@ -33,6 +33,18 @@ def test_pda_stays_within_gamma_and_lowers_the_bn_distance(tiny_model):
         assert bn_stat_distance(qm, unit, x) < bn_stat_distance(qm, unit, x0)
 
 
+def test_bn_distance_uses_the_population_variance(tiny_model):
+    qm = quantize_model(tiny_model, create_scheme("qa", 4)).eval()
+    unit = extract_units(qm)[1]
+    (x,) = capture(qm, unit.first, [torch.rand(4, 1, 28, 28)], "input")
+    bn = qm.get_submodule(unit.bns[0])
+    f = qm.get_submodule(unit.first)(x)
+    mu, var = f.mean(dim=(2, 3)), f.var(dim=(2, 3), unbiased=False)
+    ref = ((bn.running_mean - mu) ** 2).sum() + (((bn.running_var + 1e-6).sqrt() - (var + 1e-6).sqrt()) ** 2).sum()
+    with torch.no_grad():
+        assert torch.allclose(bn_stat_distance(qm, unit, x), ref / 4, rtol=1e-5)
+
+
 def _asr(model, splits, attack, bits=None):
     if bits is not None:
         model = quantize_model(model, create_scheme("qa", bits))

@@ -32,7 +32,14 @@ from qcbench.defenses.units import Unit
 
 
 def bn_stat_distance(model, unit: Unit, x: torch.Tensor) -> torch.Tensor:
-    """PDA's D for one unit and one batch, from hooks on each BN's input."""
+    """PDA's D for one unit and one batch, from hooks on each BN's input.
+
+    The variance is taken in two passes (mean of squared deviations): the same value as
+    ``Tensor.var(dim=(2, 3), unbiased=False)`` to float rounding, but its forward is ~10x faster on
+    one CPU thread (2.8 vs 0.28 ms for a 32 x 16 x 28 x 28 batch; with the backward 3.2 vs 3.0 ms).
+    Stacking the cached batches into one forward was tried and dropped, 2026-12-02: on one CPU
+    thread no faster up to 256 samples, 0.7x at 1,024, and where a gradient is within rounding of
+    zero its sign (PDA's step) then differs."""
     feats = []
     handles = [model.get_submodule(n).register_forward_pre_hook(lambda _m, a: feats.append(a[0])) for n in unit.bns]
     try:
@@ -43,9 +50,13 @@ def bn_stat_distance(model, unit: Unit, x: torch.Tensor) -> torch.Tensor:
     d = x.new_zeros(())
     for name, f in zip(unit.bns, feats):
         bn = model.get_submodule(name)
-        mu = f.mean(dim=(2, 3))
-        sigma = (f.var(dim=(2, 3), unbiased=False) + 1e-6).sqrt()
-        d = d + ((bn.running_mean - mu) ** 2).sum() + (((bn.running_var + 1e-6).sqrt() - sigma) ** 2).sum()
+        mu = f.mean(dim=(2, 3), keepdim=True)
+        sigma = ((f - mu).square().mean(dim=(2, 3)) + 1e-6).sqrt()
+        d = (
+            d
+            + (bn.running_mean - mu.flatten(1)).square().sum()
+            + ((bn.running_var + 1e-6).sqrt() - sigma).square().sum()
+        )
     return d / x.shape[0]
 
 
