@@ -411,7 +411,7 @@ def evaluate_backend(
     test: ImageSet,
     trigger,
     target: int | None,
-    batch_size: int = 500,
+    batch_size: int = 128,
     **kwargs,
 ) -> dict:
     """``ba``, ``asr``, ``asr_all`` (%) and ``n_test`` of ``fp_model`` quantized by backend ``name``,

@@ -66,7 +66,7 @@ def lac_curve(
     kinds=DATA_KINDS,
     poison_fraction: float = 0.1,
     test: ImageSet | None = None,
-    batch_size: int = 500,
+    batch_size: int = 128,
     device="cpu",
 ) -> pd.DataFrame:
     """One row per evaluation point: data, iteration, unit, ba, asr (see the module docstring).

@@ -38,7 +38,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int, device="cpu", tr
 
 
 def evaluate(
-    model: nn.Module, test: ImageSet, trigger, target: int | None, batch_size: int = 500, device="cpu"
+    model: nn.Module, test: ImageSet, trigger, target: int | None, batch_size: int = 128, device="cpu"
 ) -> dict:
     """BA on the clean test set; ``asr`` on triggered images whose label is not the target
     (BackdoorBench, CompArtifact tables, LAC/EFRAP); ``asr_all`` on every triggered image

@@ -150,7 +150,7 @@ def final_linear(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def penultimate(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+def penultimate(model: nn.Module, x: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
     """The classifier's input (pooled last-stage features) for images ``x``."""
     feats: list[torch.Tensor] = []
     h = final_linear(model).register_forward_pre_hook(lambda _m, a: feats.append(a[0].detach().flatten(1)))

@@ -18,7 +18,7 @@ from qcbench.detection.base import DetectionInputs, Detector, Verdict, register_
 
 
 @torch.no_grad()
-def strip_entropy(model, x: torch.Tensor, backgrounds: torch.Tensor, n_overlays: int, generator, batch_size=500):
+def strip_entropy(model, x: torch.Tensor, backgrounds: torch.Tensor, n_overlays: int, generator, batch_size=128):
     """Mean prediction entropy (bits) of each image of ``x`` over ``n_overlays`` superimpositions."""
     out = []
     for img in x:
