@@ -61,6 +61,7 @@ from torch import nn
 
 from qcbench._registry import Registry
 from qcbench.data import ImageSet
+from qcbench.metrics import EVAL_BATCH
 
 BACKENDS = Registry("backend")
 register_backend = BACKENDS.register
@@ -411,7 +412,7 @@ def evaluate_backend(
     test: ImageSet,
     trigger,
     target: int | None,
-    batch_size: int = 128,
+    batch_size: int = EVAL_BATCH,
     **kwargs,
 ) -> dict:
     """``ba``, ``asr``, ``asr_all`` (%) and ``n_test`` of ``fp_model`` quantized by backend ``name``,

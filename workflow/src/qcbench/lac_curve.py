@@ -22,7 +22,7 @@ from torch import nn
 from qcbench.data import ImageSet, Splits
 from qcbench.defenses import create_defense
 from qcbench.defenses.units import extract_units
-from qcbench.metrics import evaluate
+from qcbench.metrics import EVAL_BATCH, evaluate
 
 DATA_KINDS = ("benign", "mixed", "poisoned")
 CURVE_COLUMNS = ["data", "iteration", "unit", "ba", "asr"]
@@ -66,7 +66,7 @@ def lac_curve(
     kinds=DATA_KINDS,
     poison_fraction: float = 0.1,
     test: ImageSet | None = None,
-    batch_size: int = 128,
+    batch_size: int = EVAL_BATCH,
     device="cpu",
 ) -> pd.DataFrame:
     """One row per evaluation point: data, iteration, unit, ba, asr (see the module docstring).

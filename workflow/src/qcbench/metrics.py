@@ -37,8 +37,13 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int, device="cpu", tr
     return torch.cat(out)
 
 
+# Default inference batch: on CPU 128 keeps each activation in cache (1.4-1.6x the images/s of 500
+# for resnet_tiny, 2026-12-02); configs set eval.batch_size per scale.
+EVAL_BATCH = 128
+
+
 def evaluate(
-    model: nn.Module, test: ImageSet, trigger, target: int | None, batch_size: int = 128, device="cpu"
+    model: nn.Module, test: ImageSet, trigger, target: int | None, batch_size: int = EVAL_BATCH, device="cpu"
 ) -> dict:
     """BA on the clean test set; ``asr`` on triggered images whose label is not the target
     (BackdoorBench, CompArtifact tables, LAC/EFRAP); ``asr_all`` on every triggered image

@@ -20,6 +20,7 @@ from torch import nn
 
 from qcbench._registry import Registry
 from qcbench.data import Splits
+from qcbench.metrics import EVAL_BATCH
 
 DETECTORS = Registry("detector")
 register_detector = DETECTORS.register
@@ -150,7 +151,7 @@ def final_linear(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def penultimate(model: nn.Module, x: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+def penultimate(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> torch.Tensor:
     """The classifier's input (pooled last-stage features) for images ``x``."""
     feats: list[torch.Tensor] = []
     h = final_linear(model).register_forward_pre_hook(lambda _m, a: feats.append(a[0].detach().flatten(1)))

@@ -15,10 +15,11 @@ import torch
 
 from qcbench.defenses.base import init_params
 from qcbench.detection.base import DetectionInputs, Detector, Verdict, register_detector
+from qcbench.metrics import EVAL_BATCH
 
 
 @torch.no_grad()
-def strip_entropy(model, x: torch.Tensor, backgrounds: torch.Tensor, n_overlays: int, generator, batch_size=128):
+def strip_entropy(model, x: torch.Tensor, backgrounds: torch.Tensor, n_overlays: int, generator, batch_size=EVAL_BATCH):
     """Mean prediction entropy (bits) of each image of ``x`` over ``n_overlays`` superimpositions."""
     out = []
     for img in x:
