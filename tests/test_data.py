@@ -45,6 +45,20 @@ def test_defender_subset_is_seeded_and_five_percent():
     assert len(torch.unique(a)) == 3000
 
 
+def test_sample_is_seeded_distinct_and_all_when_large(tiny_splits):
+    from qcbench.stages import eval_test
+
+    test = tiny_splits.test
+    a, b = test.sample(50), test.sample(50)
+    assert len(a) == 50 and torch.equal(a.x, b.x) and torch.equal(a.y, b.y)  # same images each call
+    assert not torch.equal(test.sample(50, seed=1).x, a.x)
+    rows = {tuple(r.flatten().tolist()) for r in test.x}
+    assert all(tuple(r.flatten().tolist()) in rows for r in a.x)  # drawn from the test set
+    assert test.sample(None) is test and test.sample(len(test)) is test
+    assert len(eval_test({"eval": {"batch_size": 8, "test_images": 30}}, tiny_splits)) == 30
+    assert eval_test({"eval": {"batch_size": 8}}, tiny_splits) is test  # default: the whole test set
+
+
 def _write_cifar(root, n_per_batch=20):
     """CIFAR-10's on-disk format: protocol-2 pickled dicts of uint8 rows (3x32x32, channel-major)."""
     base = root / "cifar-10-batches-py"

@@ -3,7 +3,7 @@
 import pytest
 import torch
 from qcbench.defenses import create_defense
-from qcbench.lac_curve import DATA_KINDS, eval_subset, lac_curve, poison_batches
+from qcbench.lac_curve import DATA_KINDS, lac_curve, poison_batches
 from qcbench.metrics import evaluate
 from qcbench.quant import create_scheme, quantize_model
 from qcbench.triggers import create_trigger
@@ -31,7 +31,7 @@ def test_poison_batches_trigger_the_requested_share():
 def test_curve_has_every_kind_and_the_benign_run_is_the_lac_defense(tiny_model, tiny_splits, one_torch_thread):
     trigger = create_trigger({"name": "patch"}, 28)
     q = quantize_model(tiny_model, create_scheme("qa", 4))
-    test = eval_subset(tiny_splits.test, 100)
+    test = tiny_splits.test.sample(100)
     df = lac_curve(q, tiny_splits, trigger, 0, LAC, seed=3, eval_every=25, test=test)
     assert list(df.data.unique()) == list(DATA_KINDS)
     n_units = 10

@@ -181,6 +181,14 @@ class ImageSet:
     def subset(self, idx: torch.Tensor) -> ImageSet:
         return ImageSet(self.x[idx], self.y[idx])
 
+    def sample(self, n: int | None, seed: int = 0) -> ImageSet:
+        """``n`` images drawn at random with ``seed``, in drawn order (all of them, unchanged, when
+        ``n`` is None or not smaller than the set). The same ``n`` and ``seed`` give the same
+        images, so every cell evaluated on a sample is compared on the same images."""
+        if n is None or n >= len(self):
+            return self
+        return self.subset(torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n])
+
     def batches(
         self,
         batch_size: int,

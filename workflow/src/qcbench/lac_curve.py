@@ -47,13 +47,6 @@ def poison_batches(batches: list[torch.Tensor], trigger, fraction: float, genera
     return out
 
 
-def eval_subset(test: ImageSet, n: int | None, seed: int = 0) -> ImageSet:
-    """``n`` test images drawn at random with ``seed`` (all of them when ``n`` is None)."""
-    if n is None or n >= len(test):
-        return test
-    return test.subset(torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:n])
-
-
 def lac_curve(
     qmodel: nn.Module,
     splits: Splits,

@@ -12,7 +12,7 @@ import torch
 
 from qcbench import io, provenance
 from qcbench.attacks import create_attack
-from qcbench.data import load_prepared, prepare_dataset
+from qcbench.data import ImageSet, load_prepared, prepare_dataset
 from qcbench.defenses import create_defense
 from qcbench.metrics import evaluate as evaluate_model
 from qcbench.models import create_model
@@ -181,13 +181,19 @@ def defend_fp(cfg: dict, defense: str, seed: int, data: str, fp: str, out: str, 
     io.save_model(purified, out, meta | {"stage": "defend_fp", "defense": defense, "wall_s": time.perf_counter() - t0})
 
 
+def eval_test(cfg: dict, splits) -> ImageSet:
+    """The test images every metrics row is computed on: ``eval.test_images`` drawn once with
+    seed 0 (the same images for every cell, so cells compare pairwise), or the whole test set."""
+    return splits.test.sample(cfg["eval"].get("test_images"))
+
+
 def evaluate(cfg: dict, model_path: str, data: str, out: str, keys: dict, threads: int = 1) -> pd.DataFrame:
     """Evaluate one model file (simulated quantizer) and write its one-row metrics Parquet."""
     device = setup(cfg, threads)
     splits = load_prepared(data)
     model, meta = io.load_model(model_path, device)
     trigger, target = _attack_of(meta, splits.meta["image_size"])
-    res = evaluate_model(model, splits.test, trigger, target, cfg["eval"]["batch_size"], device)
+    res = evaluate_model(model, eval_test(cfg, splits), trigger, target, cfg["eval"]["batch_size"], device)
     scheme = meta.get("scheme_name") or "fp"
     return _write_row(keys, meta, res, "sim", scheme, meta.get("wall_s", float("nan")), out)
 
@@ -204,7 +210,7 @@ def evaluate_backend(cfg: dict, backend: str, fp: str, data: str, out: str, keys
     q = cfg["quant"]
     calib = [x for x, _ in splits.defender.batches(q["calib_batch_size"], limit=q["calib_images"])]
     t0 = time.perf_counter()
-    res = run_backend(backend, model, calib, splits.test, trigger, target, cfg["eval"]["batch_size"])
+    res = run_backend(backend, model, calib, eval_test(cfg, splits), trigger, target, cfg["eval"]["batch_size"])
     return _write_row(keys | {"bits": 8, "defense": "none"}, meta, res, backend, backend, time.perf_counter() - t0, out)
 
 
@@ -299,7 +305,6 @@ def render_table(
 def lac_curve(cfg: dict, seed: int, data: str, quantized: str, out: str, keys: dict, threads: int = 1) -> None:
     """Figure 2's data for one cell (``figures.fig2``): LAC+PDA (defense ``lac``) on benign, mixed
     and all-poisoned defender data, BA/ASR against the iteration (:mod:`qcbench.lac_curve`)."""
-    from qcbench.lac_curve import eval_subset
     from qcbench.lac_curve import lac_curve as run_curve
 
     device = setup(cfg, threads, seed)
@@ -310,7 +315,7 @@ def lac_curve(cfg: dict, seed: int, data: str, quantized: str, out: str, keys: d
     params = {k: v for k, v in cfg["defenses"]["lac"].items() if k != "method"}
     df = run_curve(
         qmodel, splits, trigger, target, params, seed=seed, eval_every=fig["eval_every"],
-        poison_fraction=fig.get("poison_fraction", 0.1), test=eval_subset(splits.test, fig.get("test_images")),
+        poison_fraction=fig.get("poison_fraction", 0.1), test=splits.test.sample(fig.get("test_images")),
         batch_size=cfg["eval"]["batch_size"], device=device,
     )  # fmt: skip
     io.write_parquet(df.assign(**keys, config_hash=meta["config_hash"]), out)
