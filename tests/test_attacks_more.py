@@ -5,7 +5,7 @@ import copy
 import torch
 from qcbench.attacks import create_attack
 from qcbench.attacks.adaptive import weight_error_penalty
-from qcbench.attacks.compartifact import set_dual
+from qcbench.attacks.compartifact import DualInput, set_dual
 from qcbench.metrics import evaluate
 from qcbench.quant import create_scheme, quant_modules, quantize_model
 from torch import nn
@@ -35,6 +35,45 @@ def test_dual_path_shares_batchnorm_statistics(tiny_model):
     assert torch.allclose(bn_in[6:], fp_half, atol=1e-5) and torch.allclose(bn_in[:6], q_half, atol=1e-5)
 
 
+def _ca_model(tiny_model, prefixes):
+    qm = quantize_model(tiny_model, create_scheme("ca", 4, quantize_acts=False, fold_bn=False, observer="dynamic"))
+    for name, m in quant_modules(qm):
+        m.quant_enabled = name.startswith(prefixes)
+    return qm.train()
+
+
+def test_dual_input_computes_the_shared_trunk_once_and_matches_the_doubled_batch(tiny_model):
+    prefixes = ("layers.2", "fc")
+    a, b = _ca_model(tiny_model, prefixes), _ca_model(tiny_model, prefixes)
+    stem = []
+    b.conv1.register_forward_pre_hook(lambda _m, args: stem.append(args[0].shape[0]))
+    x = torch.rand(8, 1, 28, 28)
+    dual = DualInput(b, prefixes)
+    set_dual(a, True)
+    set_dual(b, True)
+    ref, out = a(torch.cat([x, x])), dual(b, x)
+    assert dual._handles and stem[-1] == 8  # the unquantized trunk ran on one copy
+    assert torch.allclose(out, ref, atol=1e-5) and out.shape[0] == 16
+    y = torch.randint(0, 10, (16,))
+    nn.functional.cross_entropy(ref, y).backward()
+    nn.functional.cross_entropy(out, y).backward()
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(pa.grad, pb.grad, atol=1e-5), name  # trunk gradients: both paths summed
+    assert torch.allclose(a.bn1.running_mean, b.bn1.running_mean, atol=1e-6)
+    assert torch.allclose(a.layers[2][0].bn1.running_mean, b.layers[2][0].bn1.running_mean, atol=1e-6)
+
+
+def test_dual_input_falls_back_where_a_residual_bypasses_the_quantized_layer(tiny_model):
+    prefixes = ("layers.2.0.conv1", "fc")  # the block's shortcut would keep a single copy
+    qm = _ca_model(tiny_model, prefixes)
+    x = torch.rand(4, 1, 28, 28)
+    dual = DualInput(qm, prefixes)
+    set_dual(qm, True)
+    out = dual(qm, x)
+    assert not dual._handles and out.shape[0] == 8
+    assert not DualInput(qm, ("layers.2.0.c",))._handles  # not a module name: no hooks at all
+
+
 def test_adaptive_penalty_is_zero_when_quantization_is_the_identity(tiny_model):
     qm = quantize_model(tiny_model, create_scheme("qa", 4))
     x = torch.rand(4, 1, 28, 28)
@@ -44,6 +83,31 @@ def test_adaptive_penalty_is_zero_when_quantization_is_the_identity(tiny_model):
         m.wq = nn.Identity()
     out, penalty = weight_error_penalty(qm, x)
     assert penalty == 0 and out.shape == (4, 10)
+
+
+def test_adaptive_penalty_equals_the_two_convolution_definition(tiny_model):
+    """Σ_l mean((W_l·I_l − Q(W_l)·I_l)²), computed here with two convolutions per layer on its own
+    quantized input, against the library's one-convolution form: values and input gradients."""
+    qm = quantize_model(tiny_model, create_scheme("qa", 4))
+    x = torch.rand(4, 1, 28, 28, requires_grad=True)
+    terms = []
+
+    def hook(m, args, _out):
+        i = m.quant_input(args[0])
+        terms.append((m._op(i, m.weight, bias=False) - m._op(i, m.quant_weight(), bias=False)).pow(2).mean())
+
+    handles = [m.register_forward_hook(hook) for _, m in quant_modules(qm)]
+    out_ref = qm(x)
+    for h in handles:
+        h.remove()
+    ref = torch.stack(terms).sum()
+    (g_ref,) = torch.autograd.grad(ref, x)
+    out, penalty = weight_error_penalty(qm, x)
+    (g,) = torch.autograd.grad(penalty, x)
+    assert len(terms) == len(list(quant_modules(qm))) and ref > 0
+    assert torch.allclose(penalty, ref, rtol=1e-4) and torch.equal(out, out_ref)
+    assert torch.allclose(g, g_ref, rtol=1e-3, atol=1e-7)
+    assert all(m.operands is None and not m.keep_operands for _, m in quant_modules(qm))  # nothing kept
 
 
 def test_badnets_plants_a_plain_backdoor(tiny_splits, tiny_model):

@@ -293,6 +293,10 @@ class _QuantMixin:
         self.weight_offset: nn.Parameter | None = None
         self.dual = False
         self.fold_k: Callable[[], torch.Tensor] | None = None
+        # when set, the last quantized forward leaves (quantized input, quantized weight) here
+        # for a forward hook to reuse (the adaptive attack's penalty) instead of recomputing them
+        self.keep_operands = False
+        self.operands: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.quant_enabled:
@@ -306,7 +310,10 @@ class _QuantMixin:
     def _quant_forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.quant_input(x)
         if self.fold_k is None:
-            return self._op(x, self.quant_weight())
+            w = self.quant_weight()
+            if self.keep_operands:
+                self.operands = (x, w)
+            return self._op(x, w)
         # QAT conv-BN folding: quantize w·k (k = γ/σ of the following BN), divide k back out
         k = self.fold_k()
         w = self.weight if self.weight_offset is None else self.weight + self.weight_offset
