@@ -138,11 +138,11 @@ def test_tables_render_without_metrics_or_config(name):
 
 
 def test_shipped_configs_define_every_ablation_and_fig2():
-    six = {"table4", "table5", "table7", "table9", "table10", "table12"}
+    tables = {"table4", "table5", "table7", "table9", "table10", "table12", "triggers"}
     for files in [(ROOT / "config/local.yaml",), (ROOT / "config/local.yaml", ROOT / "config/config.yaml")]:
         cfg = check_config(load_config(*files), workdir=ROOT)
-        # both the local default and the paper config build every table (issue #4)
-        assert set(cfg["ablations"]) == six and set(cfg["run"]["ablations"]) == six
+        # both the local default and the paper config build every table (issues #3, #4)
+        assert set(cfg["ablations"]) == tables and set(cfg["run"]["ablations"]) == tables
         assert len(table_spec(cfg, "table5")["seeds"]) >= 3
         assert cfg["figures"]["fig2"]["attack"] in cfg["attacks"]
         lac = cfg["defenses"]["lac"]
@@ -159,3 +159,31 @@ def test_config_names_a_missing_ablation_entry():
         check_config(cfg, workdir=ROOT)
     msg = str(err.value)
     assert "ablations.table4.defenses" in msg and "'lac_g7'" in msg and "run.ablations" in msg and "table9" in msg
+
+
+def test_triggers_table_plans_undefended_cells_and_names_every_trigger_under_its_bar():
+    cfg = {
+        **CONFIG,
+        "run": {**CONFIG["run"], "ablations": ["triggers"]},
+        "attacks": {
+            "bd": {"method": "badnets", "trigger": {"name": "badnets", "size": 0.09375}},
+            "bd6": {"method": "badnets", "trigger": {"name": "badnets", "size": 0.1875}},
+            "sig": {"method": "badnets", "trigger": {"name": "sig"}},
+            "lf": {"method": "badnets", "trigger": {"name": "lf"}},
+        },
+        "ablations": {"triggers": {"attacks": ["bd", "bd6", "sig", "lf"], "bits": [8], "defenses": [], "seeds": [0]}},
+    }
+    cells = ablation_cells(cfg)
+    # an explicit `defenses: []` stays empty (run's lac is not added): FP and 8-bit no-defense only
+    assert len(cells) == 8 and all("/none/" in c for c in cells)
+    rows = [_row("bd", 32, "none", 90.0, 94.0), _row("bd", 8, "none", 89.9, 94.5),
+            _row("bd6", 32, "none", 90.1, 99.0), _row("sig", 32, "none", 89.0, 91.0),
+            _row("sig", 32, "none", 89.0, 97.0, seed=1)]  # fmt: skip
+    (block,) = TABLES.get("triggers")(_ctx(rows, cfg))
+    by = {r[0]: r for r in block.body}
+    assert by["bd"][1] == "badnets 3x3" and by["bd"][-1] == "≥ 95: no"  # BadNets' bar is 95 %
+    assert by["bd6"][1] == "badnets 6x6" and by["bd6"][-1] == "≥ 95: yes"
+    assert by["sig"][2].startswith("89.00 / 91.00") and by["sig"][-1] == "≥ 90: yes"  # seed 1 not in the table
+    assert by["lf"][2] == NOT_PRODUCED and by["lf"][-1] == NOT_PRODUCED
+    assert by["bd"][3].startswith("89.90 / 94.50") and by["bd6"][3] == NOT_PRODUCED
+    assert "bd (badnets 3x3: 94.00 %)" in block.note and "sig" not in block.note

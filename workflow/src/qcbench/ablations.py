@@ -16,6 +16,7 @@ Tables (registered with :func:`qcbench.report.register_table`, paper values besi
 | ``table9`` | T9 | clean QAT models: standard quantization vs LAC+PDA | model × attack (BA only) |
 | ``table10`` | T10 | PQBackdoor trigger sizes (patch ``size`` × 32 px = the paper's 3×3/4×4/6×6) | model × attack |
 | ``table12`` | T12 | PQBackdoor with input-aware and WaNet triggers | model × attack |
+| ``triggers`` | – | each conventional trigger as a plain (BadNets-poisoned) backdoor, issue #3's bar | attack × model |
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from qcbench.report import (
     with_paper,
 )
 
-TABLES = ("table4", "table5", "table7", "table9", "table10", "table12")
+TABLES = ("table4", "table5", "table7", "table9", "table10", "table12", "triggers")
 SPEC_KEYS = ("datasets", "archs", "attacks", "bits", "defenses", "seeds")
 # image side per dataset, only to print a patch trigger's size in pixels
 IMAGE_SIZES = {"fashion_mnist": 28, "cifar10": 32}
@@ -51,7 +52,8 @@ def table_spec(cfg: Mapping, table: str) -> dict | None:
     if not entry:
         return None
     run = cfg.get("run") or {}
-    spec = {k: list(entry.get(k) or run.get(k) or []) for k in SPEC_KEYS}
+    # an explicitly empty list stays empty (e.g. `defenses: []`); only an absent key takes run's
+    spec = {k: list(entry[k] if entry.get(k) is not None else run.get(k) or []) for k in SPEC_KEYS}
     spec["defenses"] = [d for d in spec["defenses"] if d != "none"]
     return spec
 
@@ -361,3 +363,58 @@ def table12(ctx: TableContext) -> list[Block]:
         ctx, "table12", "Table 12, PQBackdoor with sample-specific triggers", spec,
         lambda a: f"trigger_type={kind(a)}", column_of=lambda a: f"{kind(a)} ({a}) BA / ASR",
     )  # fmt: skip
+
+
+# FP ASR a conventional backdoor must reach to count as planted (issue #3): BadNets' own patch
+# 95 %, every other trigger 90 %
+TRIGGER_BARS = {"badnets": 95.0}
+TRIGGER_BAR = 90.0
+
+
+def _trigger_name(ctx: TableContext, attack: str) -> str:
+    trig = ((ctx.config.get("attacks") or {}).get(attack) or {}).get("trigger") or {}
+    name = trig.get("name", "?")
+    if "size" in trig and name in ("badnets", "patch"):
+        side = round(float(trig["size"]) * 32)
+        name = f"{name} {side}x{side}"
+    return name
+
+
+@register_table("triggers")
+def triggers(ctx: TableContext) -> list[Block]:
+    """Each conventional trigger as a plain backdoor (``badnets`` poisoning with that trigger):
+    BA / ASR of the FP model and of each quantized model without defense, and whether the FP ASR
+    reaches the bar (95 % for BadNets' patch, 90 % for the others). The note names every attack
+    under its bar, with its FP ASR."""
+    spec = _spec_or_none(ctx, "triggers")
+    if spec is None:
+        return _empty("triggers", "Triggers (conventional backdoors)")
+    df = _sim(ctx)
+    blocks = []
+    for ds, arch, _ref in _settings(ctx, "triggers", spec):
+        sub = _pick(df, dataset=ds, arch=arch)
+        sub = sub[sub.seed.isin(spec["seeds"])] if not sub.empty else sub
+        body, short = [], []
+        for a in spec["attacks"]:
+            trig = _trigger_name(ctx, a)
+            bar = TRIGGER_BARS.get(trig.split()[0], TRIGGER_BAR)
+            fp = _pick(sub, attack=a, bits=32, defense="none")
+            row = [a, trig, cell(fp, ("ba", "asr")) + _seeds_note(fp, spec["seeds"])]
+            row += [cell(_pick(sub, attack=a, bits=b, defense="none"), ("ba", "asr")) for b in spec["bits"]]
+            if fp.empty:
+                row.append(NOT_PRODUCED)
+            else:
+                asr = float(fp.asr.mean())
+                row.append(f"≥ {bar:g}: {'yes' if asr >= bar else 'no'}")
+                if asr < bar:
+                    short.append(f"{a} ({trig}: {asr:.2f} %)")
+            body.append(row)
+        seeds = ", ".join(map(str, spec["seeds"]))
+        header = ["Attack", "Trigger", "FP BA / ASR"] + [f"{b}-bit BA / ASR" for b in spec["bits"]] + ["FP ASR bar"]
+        cap = (
+            f"Triggers ({ds}, {arch}): each conventional trigger as a plain backdoor (BadNets poisoning), "
+            f"BA / ASR in %, mean over seed(s) {seeds}."
+        )
+        note = ("Under the bar: " + "; ".join(short) + ".") if short else ""
+        blocks.append(Block(cap, header, body, note))
+    return blocks
