@@ -166,7 +166,7 @@ def test_triggers_table_plans_undefended_cells_and_names_every_trigger_under_its
         **CONFIG,
         "run": {**CONFIG["run"], "ablations": ["triggers"]},
         "attacks": {
-            "bd": {"method": "badnets", "trigger": {"name": "badnets", "size": 0.09375}},
+            "bd": {"method": "badnets", "trigger": {"name": "badnets"}},  # the default 3/32 patch
             "bd6": {"method": "badnets", "trigger": {"name": "badnets", "size": 0.1875}},
             "sig": {"method": "badnets", "trigger": {"name": "sig"}},
             "lf": {"method": "badnets", "trigger": {"name": "lf"}},
@@ -177,13 +177,17 @@ def test_triggers_table_plans_undefended_cells_and_names_every_trigger_under_its
     # an explicit `defenses: []` stays empty (run's lac is not added): FP and 8-bit no-defense only
     assert len(cells) == 8 and all("/none/" in c for c in cells)
     rows = [_row("bd", 32, "none", 90.0, 94.0), _row("bd", 8, "none", 89.9, 94.5),
-            _row("bd6", 32, "none", 90.1, 99.0), _row("sig", 32, "none", 89.0, 91.0),
-            _row("sig", 32, "none", 89.0, 97.0, seed=1)]  # fmt: skip
+            _row("bd6", 32, "none", 90.1, 99.0), _row("sig", 32, "none", 80.0, 91.0),
+            _row("sig", 32, "none", 89.0, 97.0, seed=1), _row("clean", 32, "none", 90.5, 1.0),
+            _row("clean", 32, "none", 70.0, 1.0, seed=1)]  # fmt: skip
     (block,) = TABLES.get("triggers")(_ctx(rows, cfg))
     by = {r[0]: r for r in block.body}
     assert by["bd"][1] == "badnets 3x3" and by["bd"][-1] == "≥ 95: no"  # BadNets' bar is 95 %
     assert by["bd6"][1] == "badnets 6x6" and by["bd6"][-1] == "≥ 95: yes"
-    assert by["sig"][2].startswith("89.00 / 91.00") and by["sig"][-1] == "≥ 90: yes"  # seed 1 not in the table
+    assert by["sig"][2].startswith("80.00 / 91.00") and by["sig"][-1] == "≥ 90: yes"  # seed 1 not in the table
     assert by["lf"][2] == NOT_PRODUCED and by["lf"][-1] == NOT_PRODUCED
     assert by["bd"][3].startswith("89.90 / 94.50") and by["bd6"][3] == NOT_PRODUCED
-    assert "bd (badnets 3x3: 94.00 %)" in block.note and "sig" not in block.note
+    # BA against the clean model of the same seed (0): -0.50 and -10.50
+    assert by["bd"][-2] == "-0.50" and by["sig"][-2] == "-10.50"
+    assert "bd (badnets 3x3) 94.00 %" in block.note and "sig (" not in block.note.split("FP BA")[0]
+    assert "more than 3 points under the clean model: sig (-10.50)" in block.note

@@ -369,13 +369,19 @@ def table12(ctx: TableContext) -> list[Block]:
 # 95 %, every other trigger 90 %
 TRIGGER_BARS = {"badnets": 95.0}
 TRIGGER_BAR = 90.0
+# a backdoor that costs more benign accuracy than this (points, against the clean model) is named
+BA_DROP = 3.0
 
 
 def _trigger_name(ctx: TableContext, attack: str) -> str:
+    """The trigger's registered name, with a patch's side in the paper's 32-px units."""
+    from qcbench.triggers import TRIGGERS
+
     trig = ((ctx.config.get("attacks") or {}).get(attack) or {}).get("trigger") or {}
     name = trig.get("name", "?")
-    if "size" in trig and name in ("badnets", "patch"):
-        side = round(float(trig["size"]) * 32)
+    if name in ("badnets", "patch"):
+        size = trig.get("size", getattr(TRIGGERS.get(name), "size", None))
+        side = round(float(size) * 32)
         name = f"{name} {side}x{side}"
     return name
 
@@ -394,7 +400,8 @@ def triggers(ctx: TableContext) -> list[Block]:
     for ds, arch, _ref in _settings(ctx, "triggers", spec):
         sub = _pick(df, dataset=ds, arch=arch)
         sub = sub[sub.seed.isin(spec["seeds"])] if not sub.empty else sub
-        body, short = [], []
+        clean = _pick(sub, attack="clean", bits=32, defense="none")
+        body, short, broken = [], [], []
         for a in spec["attacks"]:
             trig = _trigger_name(ctx, a)
             bar = TRIGGER_BARS.get(trig.split()[0], TRIGGER_BAR)
@@ -402,19 +409,29 @@ def triggers(ctx: TableContext) -> list[Block]:
             row = [a, trig, cell(fp, ("ba", "asr")) + _seeds_note(fp, spec["seeds"])]
             row += [cell(_pick(sub, attack=a, bits=b, defense="none"), ("ba", "asr")) for b in spec["bits"]]
             if fp.empty:
-                row.append(NOT_PRODUCED)
+                row += [NOT_PRODUCED, NOT_PRODUCED]
             else:
                 asr = float(fp.asr.mean())
+                gap = float(fp.ba.mean() - clean[clean.seed.isin(fp.seed)].ba.mean()) if not clean.empty else None
+                row.append("–" if gap is None or gap != gap else f"{gap:+.2f}")
                 row.append(f"≥ {bar:g}: {'yes' if asr >= bar else 'no'}")
                 if asr < bar:
-                    short.append(f"{a} ({trig}: {asr:.2f} %)")
+                    short.append(f"{a}{'' if trig == a else f' ({trig})'} {asr:.2f} %")
+                if gap is not None and gap < -BA_DROP:
+                    broken.append(f"{a} ({gap:+.2f})")
             body.append(row)
         seeds = ", ".join(map(str, spec["seeds"]))
-        header = ["Attack", "Trigger", "FP BA / ASR"] + [f"{b}-bit BA / ASR" for b in spec["bits"]] + ["FP ASR bar"]
+        header = ["Attack", "Trigger", "FP BA / ASR"] + [f"{b}-bit BA / ASR" for b in spec["bits"]]
+        header += ["FP BA − clean", "FP ASR bar"]
         cap = (
             f"Triggers ({ds}, {arch}): each conventional trigger as a plain backdoor (BadNets poisoning), "
-            f"BA / ASR in %, mean over seed(s) {seeds}."
+            f"BA / ASR in %, mean over seed(s) {seeds}; FP BA − clean: against the clean model of the same seeds."
         )
-        note = ("Under the bar: " + "; ".join(short) + ".") if short else ""
+        notes = []
+        if short:
+            notes.append("Under the ASR bar: " + "; ".join(short) + ".")
+        if broken:
+            notes.append(f"FP BA more than {BA_DROP:g} points under the clean model: " + "; ".join(broken) + ".")
+        note = " ".join(notes)
         blocks.append(Block(cap, header, body, note))
     return blocks
