@@ -140,3 +140,15 @@ def test_an_attack_that_declares_its_bits_gets_cells_at_those_widths_only():
     assert cell_bits({"bits": [8, 4]}, [8, 4]) == [8, 4]  # Qu-ANTI-zation, jointly
     assert cell_bits({}, [8, 4]) == [8, 4]  # PQBackdoor declares none: every width of the run
     assert cell_bits({"bits": 8}, [4]) == []
+
+
+def test_badnets_cross_ratio_needs_a_trigger_with_a_noise_mode(tiny_splits, tiny_model):
+    params = {"target": 0, "trigger": {"name": "blended"}, "epochs": 1, "batch_size": 64, "cross_ratio": 2,
+              "optimizer": {"name": "adam", "lr": 1e-3}}  # fmt: skip
+    attack = create_attack("badnets", params, 28)
+    try:
+        attack.run(copy.deepcopy(tiny_model), tiny_splits, seed=0, device="cpu")
+    except ValueError as err:
+        assert "cross_ratio 2 needs a trigger with a noise mode" in str(err) and "'badnets'" in str(err)
+    else:
+        raise AssertionError("cross_ratio with a blended trigger was accepted")

@@ -231,3 +231,18 @@ def test_issba_budget_and_sample_specific(size, channels):
     corr = torch.corrcoef(r.flatten(1))[0, 1]
     assert corr > 0.2
     assert (create_trigger({"name": "issba", "eps": 0.01}, size)(x) - x).abs().max() <= 0.01 + 1e-6
+
+
+def test_wanet_noise_mode_jitters_the_backdoor_warp_per_sample():
+    trig = create_trigger({"name": "wanet"}, 32)
+    x = images(4, 3, 32)
+    a = trig.noise(x, torch.Generator().manual_seed(1))
+    b = trig.noise(x, torch.Generator().manual_seed(1))
+    c = trig.noise(x, torch.Generator().manual_seed(2))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.allclose(a, c)  # per generator
+    assert a.min() >= 0 and a.max() <= 1
+    d_noise, d_trig = (a - trig(x)).abs().mean(), (trig(x) - x).abs().mean()
+    assert 0 < d_noise < 2 * d_trig  # near the backdoor warp, but not it
+    # each sample its own offsets: the same image twice gets two different warps
+    twice = trig.noise(torch.cat([x[:1], x[:1]]), torch.Generator().manual_seed(3))
+    assert not torch.allclose(twice[0], twice[1])

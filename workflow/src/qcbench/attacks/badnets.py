@@ -2,7 +2,11 @@
 "Quantization Blindspots" benchmark uses. Each batch has ``poison_rate`` of its samples replaced
 by triggered copies labelled with the target (BackdoorBench: 10 %). Any registered trigger works,
 which makes this the plain-backdoor attack for the conventional triggers (Blended, WaNet, SIG …).
-It targets no particular quantizer: its cells use ``quant.default_scheme``."""
+It targets no particular quantizer: its cells use ``quant.default_scheme``.
+
+``cross_ratio`` (default 0) is WaNet's noise mode for triggers that have one (``noise``): after
+the poisoned samples, ``cross_ratio`` times as many are replaced by noise-mode copies that keep
+their true labels (the reference's ``cross_ratio = 2``)."""
 
 from __future__ import annotations
 
@@ -26,10 +30,18 @@ class BadNets(Attack):
             reinitialize(model, seed)
         gen = torch.Generator().manual_seed(seed + 1)
         rate, aug = p.get("poison_rate", 0.1), p.get("augmentation")
+        cross = float(p.get("cross_ratio", 0.0))
+        if cross > 0 and not hasattr(self.trigger, "noise"):
+            raise ValueError(
+                f"attack {self.name!r}: cross_ratio {cross:g} needs a trigger with a noise mode (wanet), "
+                f"not {type(self.trigger).__name__}"
+            )
 
         def loss_fn(m, x, y):
             k = max(1, math.ceil(rate * len(y)))  # batches are shuffled: the first k are a random subset
-            x = torch.cat([self.trigger(x[:k]), x[k:]])
+            c = min(len(y) - k, math.ceil(cross * k)) if cross > 0 else 0
+            parts = [self.trigger(x[:k])] + ([self.trigger.noise(x[k : k + c], gen)] if c else []) + [x[k + c :]]
+            x = torch.cat(parts)
             y = torch.cat([torch.full_like(y[:k], self.target), y[k:]])
             if aug:
                 x = augment(x, gen, **aug)

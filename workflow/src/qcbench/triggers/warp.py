@@ -20,9 +20,9 @@ class WaNetTrigger:
     sampling grid is ``clamp((identity + s * noise / H) * grid_rescale, -1, 1)`` and the image
     is resampled with bilinear ``F.grid_sample(..., align_corners=True)``. Defaults are the
     paper's (k=4, s=0.5, grid_rescale=1). The output is a convex combination of input pixels,
-    so it stays in [0, 1]. The training-time "noise mode" (random extra warps with the true
-    label) belongs to the attack, not to the trigger. The offsets are in units of 1/H of the
-    half-width, so the warp is about the same number of pixels at every image size.
+    so it stays in [0, 1]. The offsets are in units of 1/H of the half-width, so the warp is
+    about the same number of pixels at every image size. :meth:`noise` gives the training-time
+    "noise mode" warps (the attack decides how many samples get them and keeps their labels).
     """
 
     image_size: int
@@ -55,4 +55,14 @@ class WaNetTrigger:
         if x.shape[-2:] != (self.image_size, self.image_size):
             raise ValueError(f"wanet built for {self.image_size}px images, got {tuple(x.shape[-2:])}")
         grid = self.grid.to(x).expand(x.shape[0], -1, -1, -1)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True).clamp_(0.0, 1.0)
+
+    def noise(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        """WaNet's noise mode: the backdoor grid plus a fresh per-sample, per-pixel offset uniform in
+        [-1, 1]/H (clamped to [-1, 1]), as the reference's ``grid_temps2``. Trained with the true
+        labels, these warps teach the model that a warp alone is not the trigger."""
+        check_images(x)
+        n, h = x.shape[0], self.image_size
+        offset = torch.rand((n, h, h, 2), generator=gen) * 2 - 1
+        grid = (self.grid.expand(n, -1, -1, -1) + offset / h).clamp(-1, 1).to(x)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True).clamp_(0.0, 1.0)
