@@ -14,6 +14,8 @@ run:
   ablations: [table4, table5, table7, table9, table10, table12]
 figures:
   fig2: {attack: qu_anti_zation, bits: 4, seed: 0, eval_every: 5}
+attacks:
+  pqbackdoor: {init: scratch}  # as upstream (the local default fine-tunes the clean model)
 """
 
 
@@ -46,7 +48,7 @@ def test_ablation_cells_planned_only_when_enabled(workdir):
     ]:
         assert cell in on, cell
     assert "rule lac_curve:" in on and "results/tables/table10.md" in on
-    # T5 needs a third seed's PQBackdoor, which trains from scratch (init: scratch): no clean
+    # T5 needs a third seed's PQBackdoor, which here trains from scratch (init: scratch): no clean
     # model of seed 2 is planned (attacks that start from the clean model do depend on it)
     assert f"{base}/pqbackdoor/w32/none/seed2/model.safetensors" in on
     assert f"{base}/clean/w32/none/seed2/model.safetensors" not in on

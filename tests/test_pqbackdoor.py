@@ -95,3 +95,42 @@ def test_grid_penalty_pulls_weights_to_their_grid_points_without_changing_codes(
     assert before.abs().mean() > 0.2 and after.abs().mean() < 0.5 * before.abs().mean()
     inner = w.detach().abs() < s * 127  # the max-abs elements sit on a tie (Adam may nudge them)
     assert torch.equal(torch.round(w.detach() / s)[inner], codes[inner])  # each stays in its box
+
+
+@pytest.mark.parametrize(("fraction", "expected"), [(None, 2), (0.125, 16)])
+def test_stage1_adds_poison_fraction_of_the_batch_as_triggered_target_copies(monkeypatch, fraction, expected):
+    """Stage 1's batch is the clean batch plus ``poison_fraction`` x batch_size triggered copies
+    labelled with the target (upstream 1/64: 2 of 128); the copies are the batch's first images."""
+    import qcbench.attacks.pqbackdoor as pq
+    from qcbench.attacks import create_attack
+
+    stage = {"epochs": 1, "batch_size": 128, "optimizer": {"name": "adam", "lr": 1e-3}}
+    if fraction is not None:
+        stage["poison_fraction"] = fraction
+    trigger = {"name": "patch", "size": 0.25, "margin": 0.0, "value": 1.0}
+    attack = create_attack("pqbackdoor", {"target": 3, "trigger": trigger, "stage1": stage}, 16)
+    seen = {}
+
+    def fake_fit(model, data, loss_fn, **kw):
+        x, y = torch.rand(128, 1, 16, 16), torch.randint(0, 10, (128,))
+        seen["y"], seen["x"] = y, x
+
+        def record(xb):
+            seen["xb"] = xb
+            return torch.zeros(len(xb), 10, requires_grad=True)
+
+        loss_fn(record, x, y)
+
+    def cross_entropy(logits, yb):
+        seen["yb"] = yb
+        return logits.sum()
+
+    monkeypatch.setattr(pq, "fit", fake_fit)
+    monkeypatch.setattr(pq, "F", type("F", (), {"cross_entropy": staticmethod(cross_entropy)}))
+    attack.stage1(nn.Identity(), type("S", (), {"train": list(range(128))})(), seed=0, device="cpu", gen=None)
+    xb, x = seen["xb"], seen["x"]
+    assert len(xb) == 128 + expected
+    assert torch.equal(xb[:128], x)
+    assert torch.equal(xb[128:], attack.trigger(x[:expected]))
+    assert not torch.equal(xb[128:], x[:expected])
+    assert torch.equal(seen["yb"], torch.cat([seen["y"], torch.full((expected,), 3)]))

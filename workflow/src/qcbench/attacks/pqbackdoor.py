@@ -142,8 +142,10 @@ class PQBackdoor(Attack):
         return list(p.get("lock_bits", [8])), p.get("eps", 1e-3), granularity
 
     def stage1(self, model, splits, *, seed, device, gen):
-        """An ordinary backdoor (≈1.5 % poison per step), plus ``grid_reg`` at the end if set."""
+        """An ordinary backdoor (``poison_fraction`` × batch triggered copies added per step,
+        upstream 1/64 ≈ 1.5 %), plus ``grid_reg`` at the end if set."""
         s1, grid = self.params["stage1"], self.params.get("grid_reg")
+        poison = s1.get("poison_fraction", 1 / 64)
         lock_bits, _, granularity = self._locks()
         weights = quantized_weights(model)
         grid_from = math.inf
@@ -154,7 +156,7 @@ class PQBackdoor(Attack):
 
         def loss_fn(m, x, y):
             nonlocal steps
-            k = max(1, len(y) // 64)
+            k = max(1, round(len(y) * poison))
             xc = augment(x, gen, **s1["augmentation"]) if s1.get("augmentation") else x
             xb = torch.cat([xc, self.trigger(x[:k])])
             yb = torch.cat([y, torch.full_like(y[:k], self.target)])
