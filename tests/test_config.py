@@ -35,6 +35,24 @@ def test_shipped_configs_are_valid():
             lambda c: c["data"]["sources"]["fashion_mnist"].update(path="/no/such/dir", download=False),
             r"'data.sources.fashion_mnist.path': '/no/such/dir' does not exist",
         ),
+        # a key the attack's method would silently ignore names the methods that read it
+        (
+            lambda c: c["attacks"]["qu_anti_zation"].update(cross_ratio=2),
+            r"'attacks.qu_anti_zation.cross_ratio': attack method 'qu_anti_zation' does not read it "
+            r"\(read by: badnets\)",
+        ),
+        (
+            lambda c: c["attacks"]["compartifact4"].update(lock_bits=[8]),
+            r"'attacks.compartifact4.lock_bits': attack method 'compartifact' does not read it \(read by: pqbackdoor\)",
+        ),
+        (
+            lambda c: c["attacks"]["pqbackdoor"]["stage2"].update(poison_fraction=0.1),
+            r"'attacks.pqbackdoor.stage2.poison_fraction': only stage 1 poisons",
+        ),
+        (
+            lambda c: c["clean"]["fashion_mnist"].update(poison_fraction=0.1),
+            r"'clean.fashion_mnist.poison_fraction': the clean model is never poisoned",
+        ),
     ],
 )
 def test_bad_config_names_key_and_value(cfg, mutate, message):
@@ -69,3 +87,13 @@ def test_snakemake_stops_before_any_job_on_a_bad_config(tmp_path):
     assert out.returncode != 0
     assert "config key 'eval.batch_size': value 'many'" in out.stdout + out.stderr
     assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
+
+
+def test_inherited_attack_keys_are_accepted(cfg):
+    """Subclasses read their parents' keys: the adaptive attack carries Qu-ANTI-zation's c1/c2/
+    bit_weights plus its own lam; keys of every method are listed by the methods that read them."""
+    from qcbench.attacks.base import unread_keys
+
+    assert unread_keys("adaptive", cfg["attacks"]["adaptive"]) == {}
+    assert unread_keys("clean_qat", {"c1": 0.5, "lam": 1.0}) == {"lam": ["adaptive"]}
+    assert unread_keys("badnets", {"c1": 0.5}) == {"c1": ["adaptive", "clean_qat", "qu_anti_zation"]}

@@ -52,6 +52,7 @@ def _named(cfg: dict, kind: str) -> list[tuple[str, str]]:
 def semantic_errors(cfg: dict, workdir: str | Path = ".") -> list[str]:
     from qcbench.ablations import config_errors as ablation_errors
     from qcbench.attacks import ATTACKS
+    from qcbench.attacks.base import unread_keys
     from qcbench.data import DATASETS
     from qcbench.defenses import DEFENSES
     from qcbench.detection.checks import detection_errors
@@ -70,6 +71,8 @@ def semantic_errors(cfg: dict, workdir: str | Path = ".") -> list[str]:
             out.append(f"config key 'data.sources.{ds}.path': {src['path']!r} does not exist (and download is false)")
         if ds not in cfg["clean"]:
             out.append(f"config key 'clean': no training settings for dataset {ds!r}")
+        elif "poison_fraction" in cfg["clean"][ds]:
+            out.append(f"config key 'clean.{ds}.poison_fraction': the clean model is never poisoned")
     for i, arch in enumerate(run["archs"]):
         if arch not in MODELS:
             out.append(f"config key 'run.archs.{i}': unknown arch {arch!r}; registered: {MODELS.names()}")
@@ -81,6 +84,16 @@ def semantic_errors(cfg: dict, workdir: str | Path = ".") -> list[str]:
         method = spec.get("method", name)
         if method not in ATTACKS:
             out.append(f"config key 'attacks.{name}.method': unknown attack {method!r}; registered: {ATTACKS.names()}")
+        else:
+            for k, readers in unread_keys(method, spec).items():
+                out.append(
+                    f"config key 'attacks.{name}.{k}': attack method {method!r} does not read it "
+                    f"(read by: {', '.join(readers) or 'no registered attack'})"
+                )
+        if "poison_fraction" in (spec.get("stage2") or {}):
+            out.append(
+                f"config key 'attacks.{name}.stage2.poison_fraction': only stage 1 poisons (stage1.poison_fraction)"
+            )
         try:
             create_trigger(spec["trigger"], 32)
         except (TypeError, ValueError, KeyError) as err:

@@ -49,6 +49,8 @@ def weight_error_penalty(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tenso
 
 @register_attack("adaptive")
 class AdaptiveQA(QuAntiZation):
+    config_keys = frozenset({"lam"})
+
     def quantized_forward(self, m, x):
         out, penalty = weight_error_penalty(m, x)
         self._penalty = self._penalty + penalty

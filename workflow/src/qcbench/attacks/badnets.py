@@ -22,6 +22,7 @@ from qcbench.train import fit, stage_kwargs
 
 @register_attack("badnets")
 class BadNets(Attack):
+    config_keys = frozenset({"poison_rate", "cross_ratio"})
     scheme = None
 
     def run(self, model, splits, *, seed, device):

@@ -12,6 +12,13 @@ from qcbench.triggers import create_trigger
 ATTACKS = Registry("attack")
 register_attack = ATTACKS.register
 
+#: config keys every attack entry may carry (the schema's ``attacks.<name>`` properties that are
+#: not specific to one method; ``bits`` also restricts the cells, see :func:`cell_bits`)
+COMMON_KEYS = frozenset(
+    "method target trigger scheme epochs batch_size optimizer scheduler samples_per_epoch "
+    "augmentation channels_last per_dataset init bits".split()
+)
+
 
 class Attack(abc.ABC):
     """Base class. Subclasses set ``scheme`` (the registered quantization scheme family they are
@@ -21,6 +28,9 @@ class Attack(abc.ABC):
     #: where training starts unless the config's ``init`` says otherwise: ``clean`` (the clean
     #: model of the same seed) or ``scratch`` (fresh weights; the clean model is then not needed)
     default_init: str = "clean"
+    #: the method-specific config keys this class reads (besides :data:`COMMON_KEYS`); subclasses
+    #: inherit their parents' (see :meth:`accepted_keys`)
+    config_keys: frozenset[str] = frozenset()
 
     def __init__(self, target: int, trigger: dict, image_size: int, scheme: str | None = None, **params) -> None:
         self.target = target
@@ -38,6 +48,12 @@ class Attack(abc.ABC):
     def init_of(cls, params: dict) -> str:
         """Where an attack configured with ``params`` starts: its ``init``, else the default."""
         return params.get("init", cls.default_init)
+
+    @classmethod
+    def accepted_keys(cls) -> frozenset[str]:
+        """Every config key an entry of this method may carry."""
+        own = (vars(k).get("config_keys", frozenset()) for k in cls.__mro__)
+        return COMMON_KEYS.union(*own)
 
     @property
     def init(self) -> str:
@@ -64,6 +80,16 @@ def starts_from_clean(name: str, params: dict) -> bool:
     if init not in ("clean", "scratch"):
         raise ValueError(f"attacks.<name>.init: {init!r} is neither 'clean' nor 'scratch'")
     return init == "clean"
+
+
+def unread_keys(method: str, params: dict) -> dict[str, list[str]]:
+    """The keys of ``params`` that the attack ``method`` would silently ignore, each with the
+    registered methods that do read it (a config check names them rather than run without them)."""
+    cls = ATTACKS.get(method)
+    out = {}
+    for key in sorted(set(params) - cls.accepted_keys()):
+        out[key] = [n for n in ATTACKS.names() if key in ATTACKS.get(n).accepted_keys()]
+    return out
 
 
 def cell_bits(params: dict, run_bits) -> list[int]:

@@ -116,6 +116,7 @@ class DualInput:
 
 @register_attack("compartifact")
 class CompArtifact(Attack):
+    config_keys = frozenset({"quantized_layers", "variant"})
     scheme = "ca"
 
     def run(self, model, splits, *, seed, device):

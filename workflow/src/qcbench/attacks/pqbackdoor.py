@@ -123,6 +123,7 @@ def project(
 
 @register_attack("pqbackdoor")
 class PQBackdoor(Attack):
+    config_keys = frozenset({"stage1", "stage2", "lock_bits", "eps", "grid_reg", "lock_granularity"})
     scheme = "pq"
     default_init = "scratch"
 

@@ -25,6 +25,7 @@ from qcbench.train import fit, stage_kwargs
 
 @register_attack("qu_anti_zation")
 class QuAntiZation(Attack):
+    config_keys = frozenset({"c1", "c2", "bit_weights"})
     scheme = "qa"
 
     def quantized_forward(self, m, x):
