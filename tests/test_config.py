@@ -97,3 +97,35 @@ def test_inherited_attack_keys_are_accepted(cfg):
     assert unread_keys("adaptive", cfg["attacks"]["adaptive"]) == {}
     assert unread_keys("clean_qat", {"c1": 0.5, "lam": 1.0}) == {"lam": ["adaptive"]}
     assert unread_keys("badnets", {"c1": 0.5}) == {"c1": ["adaptive", "clean_qat", "qu_anti_zation"]}
+
+
+# keys whose local value may carry over into the paper config: speed only, same results
+CARRIED_OVER = {"channels_last"}
+
+
+def test_paper_config_sets_every_key_the_local_default_sets():
+    """`--configfile config/config.yaml` merges into the local default, so a key the local default
+    sets and the paper config omits silently carries the CPU value into the paper run (it did for
+    PQBackdoor's stage-1 poison fraction). For every entry both define, the paper config must set
+    every such key itself."""
+    import yaml
+
+    local = yaml.safe_load((ROOT / "config" / "local.yaml").read_text())
+    paper = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    missing = []
+
+    def walk(lo, pa, path):
+        for k, v in lo.items():
+            if k in CARRIED_OVER:
+                continue
+            if k not in pa:
+                missing.append(".".join([*path, k]))
+            elif isinstance(v, dict) and isinstance(pa[k], dict):
+                walk(v, pa[k], [*path, k])
+
+    for section in ("clean", "attacks", "defenses", "archs", "eval", "quant"):
+        for name, entry in (paper.get(section) or {}).items():
+            lo = (local.get(section) or {}).get(name)
+            if isinstance(entry, dict) and isinstance(lo, dict):
+                walk(lo, entry, [section, name])
+    assert missing == []

@@ -157,7 +157,7 @@ class PQBackdoor(Attack):
 
         def loss_fn(m, x, y):
             nonlocal steps
-            k = max(1, round(len(y) * poison))
+            k = max(1, int(len(y) * poison))  # floor, as upstream's len // 64
             xc = augment(x, gen, **s1["augmentation"]) if s1.get("augmentation") else x
             xb = torch.cat([xc, self.trigger(x[:k])])
             yb = torch.cat([y, torch.full_like(y[:k], self.target)])
