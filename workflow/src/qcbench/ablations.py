@@ -320,16 +320,31 @@ def table9(ctx: TableContext) -> list[Block]:
     return blocks
 
 
+def _trigger_of(ctx: TableContext, attack: str) -> dict:
+    """The trigger entry of ``attack`` in the run's config (empty when absent)."""
+    return ((ctx.config.get("attacks") or {}).get(attack) or {}).get("trigger") or {}
+
+
+def _patch_side(trig: dict, default: bool = False) -> int | None:
+    """A patch trigger's side in the paper's 32-px units (``size`` × 32); with ``default`` the
+    registered trigger's own size stands in for a missing one."""
+    from qcbench.triggers import TRIGGERS
+
+    size = trig.get("size")
+    if size is None and default and trig.get("name") in TRIGGERS:
+        size = getattr(TRIGGERS.get(trig["name"]), "size", None)
+    return None if size is None else round(float(size) * 32)
+
+
 def _trigger_label(ctx: TableContext, attack: str, dataset: str | None = None) -> tuple[str, str]:
     """(paper variant, column label) of a patch-trigger attack: size × 32 px as in the paper."""
-    trig = ((ctx.config.get("attacks") or {}).get(attack) or {}).get("trigger") or {}
-    size = trig.get("size")
-    if size is None:
+    trig = _trigger_of(ctx, attack)
+    side = _patch_side(trig)
+    if side is None:
         return "", attack
-    side = round(float(size) * 32)
     label = f"{side}x{side}"
     px = IMAGE_SIZES.get(dataset or "")
-    here = f", {max(1, round(float(size) * px))} px here" if px and px != 32 else ""
+    here = f", {max(1, round(float(trig['size']) * px))} px here" if px and px != 32 else ""
     return f"trigger={label}", f"{label} ({attack}{here}) BA / ASR"
 
 
@@ -357,7 +372,7 @@ def table12(ctx: TableContext) -> list[Block]:
         return _empty("table12", "Table 12 (trigger types)")
 
     def kind(a: str) -> str:
-        return ((ctx.config.get("attacks") or {}).get(a) or {}).get("trigger", {}).get("name", "")
+        return _trigger_of(ctx, a).get("name", "")
 
     return _model_block(
         ctx, "table12", "Table 12, PQBackdoor with sample-specific triggers", spec,
@@ -375,15 +390,10 @@ BA_DROP = 3.0
 
 def _trigger_name(ctx: TableContext, attack: str) -> str:
     """The trigger's registered name, with a patch's side in the paper's 32-px units."""
-    from qcbench.triggers import TRIGGERS
-
-    trig = ((ctx.config.get("attacks") or {}).get(attack) or {}).get("trigger") or {}
+    trig = _trigger_of(ctx, attack)
     name = trig.get("name", "?")
-    if name in ("badnets", "patch"):
-        size = trig.get("size", getattr(TRIGGERS.get(name), "size", None))
-        side = round(float(size) * 32)
-        name = f"{name} {side}x{side}"
-    return name
+    side = _patch_side(trig, default=True) if name in ("badnets", "patch") else None
+    return name if side is None else f"{name} {side}x{side}"
 
 
 @register_table("triggers")
