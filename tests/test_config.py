@@ -39,7 +39,7 @@ def test_shipped_configs_are_valid():
         (
             lambda c: c["attacks"]["qu_anti_zation"].update(cross_ratio=2),
             r"'attacks.qu_anti_zation.cross_ratio': attack method 'qu_anti_zation' does not read it "
-            r"\(read by: badnets\)",
+            r"\(read by: badnets, pqbackdoor\)",
         ),
         (
             lambda c: c["attacks"]["compartifact4"].update(lock_bits=[8]),

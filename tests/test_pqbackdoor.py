@@ -97,29 +97,18 @@ def test_grid_penalty_pulls_weights_to_their_grid_points_without_changing_codes(
     assert torch.equal(torch.round(w.detach() / s)[inner], codes[inner])  # each stays in its box
 
 
-@pytest.mark.parametrize(("fraction", "expected"), [(None, 2), (0.125, 16)])
-def test_stage1_adds_poison_fraction_of_the_batch_as_triggered_target_copies(monkeypatch, fraction, expected):
-    """Stage 1's batch is the clean batch plus ``poison_fraction`` x batch_size triggered copies
-    labelled with the target (upstream 1/64: 2 of 128); the copies are the batch's first images."""
+def _stage1_batch(monkeypatch, params, n=128, stage=None):
+    """The (inputs, labels) stage 1 feeds the model for one batch of ``n`` images."""
     import qcbench.attacks.pqbackdoor as pq
     from qcbench.attacks import create_attack
 
-    stage = {"epochs": 1, "batch_size": 128, "optimizer": {"name": "adam", "lr": 1e-3}}
-    if fraction is not None:
-        stage["poison_fraction"] = fraction
-    trigger = {"name": "patch", "size": 0.25, "margin": 0.0, "value": 1.0}
-    attack = create_attack("pqbackdoor", {"target": 3, "trigger": trigger, "stage1": stage}, 16)
+    stage = {"epochs": 1, "batch_size": n, "optimizer": {"name": "adam", "lr": 1e-3}, **(stage or {})}
+    attack = create_attack("pqbackdoor", {"target": 3, "stage1": stage, **params}, 16)
     seen = {}
 
     def fake_fit(model, data, loss_fn, **kw):
-        x, y = torch.rand(128, 1, 16, 16), torch.randint(0, 10, (128,))
-        seen["y"], seen["x"] = y, x
-
-        def record(xb):
-            seen["xb"] = xb
-            return torch.zeros(len(xb), 10, requires_grad=True)
-
-        loss_fn(record, x, y)
+        seen["x"], seen["y"] = torch.rand(n, 1, 16, 16), torch.randint(0, 10, (n,))
+        loss_fn(lambda xb: seen.update(xb=xb) or torch.zeros(len(xb), 10), seen["x"], seen["y"])
 
     def cross_entropy(logits, yb):
         seen["yb"] = yb
@@ -127,10 +116,37 @@ def test_stage1_adds_poison_fraction_of_the_batch_as_triggered_target_copies(mon
 
     monkeypatch.setattr(pq, "fit", fake_fit)
     monkeypatch.setattr(pq, "F", type("F", (), {"cross_entropy": staticmethod(cross_entropy)}))
-    attack.stage1(nn.Identity(), type("S", (), {"train": list(range(128))})(), seed=0, device="cpu", gen=None)
+    splits = type("Splits", (), {"train": None})()
+    attack.stage1(nn.Identity(), splits, seed=0, device="cpu", gen=torch.Generator().manual_seed(0))
+    return attack, seen
+
+
+@pytest.mark.parametrize(("fraction", "expected"), [(None, 2), (0.125, 16)])
+def test_stage1_adds_poison_fraction_of_the_batch_as_triggered_target_copies(monkeypatch, fraction, expected):
+    """Stage 1's batch is the clean batch plus ``poison_fraction`` x batch_size triggered copies
+    labelled with the target (upstream 1/64: 2 of 128); the copies are the batch's first images."""
+    trigger = {"name": "patch", "size": 0.25, "margin": 0.0, "value": 1.0}
+    extra = {} if fraction is None else {"poison_fraction": fraction}
+    attack, seen = _stage1_batch(monkeypatch, {"trigger": trigger}, stage=extra)
     xb, x = seen["xb"], seen["x"]
     assert len(xb) == 128 + expected
     assert torch.equal(xb[:128], x)
     assert torch.equal(xb[128:], attack.trigger(x[:expected]))
     assert not torch.equal(xb[128:], x[:expected])
     assert torch.equal(seen["yb"], torch.cat([seen["y"], torch.full((expected,), 3)]))
+
+
+def test_stage1_noise_mode_adds_warped_copies_with_true_labels(monkeypatch):
+    """WaNet's noise mode in stage 1: cross_ratio x k noise-warped copies of the images after the
+    k triggered ones, labelled with their own labels; a trigger without noise mode is refused."""
+    attack, seen = _stage1_batch(monkeypatch, {"trigger": {"name": "wanet"}, "cross_ratio": 2})
+    x, y, xb, yb = seen["x"], seen["y"], seen["xb"], seen["yb"]
+    assert len(xb) == 128 + 2 + 4 and len(yb) == len(xb)
+    assert torch.equal(xb[128:130], attack.trigger(x[:2])) and torch.equal(yb[128:130], torch.full((2,), 3))
+    noisy = xb[130:]
+    assert torch.equal(yb[130:], y[2:6])  # true labels
+    assert not torch.equal(noisy, attack.trigger(x[2:6])) and not torch.equal(noisy, x[2:6])
+    assert float(noisy.min()) >= 0.0 and float(noisy.max()) <= 1.0
+    patch = {"name": "patch", "size": 0.25, "margin": 0.0, "value": 1.0}
+    with pytest.raises(ValueError, match="cross_ratio 2 needs a trigger with a noise mode"):
+        _stage1_batch(monkeypatch, {"trigger": patch, "cross_ratio": 2})

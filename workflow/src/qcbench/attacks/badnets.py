@@ -31,12 +31,7 @@ class BadNets(Attack):
             reinitialize(model, seed)
         gen = torch.Generator().manual_seed(seed + 1)
         rate, aug = p.get("poison_rate", 0.1), p.get("augmentation")
-        cross = float(p.get("cross_ratio", 0.0))
-        if cross > 0 and not hasattr(self.trigger, "noise"):
-            raise ValueError(
-                f"attack {self.name!r}: cross_ratio {cross:g} needs a trigger with a noise mode (wanet), "
-                f"not {type(self.trigger).__name__}"
-            )
+        cross = self.cross_ratio()
 
         def loss_fn(m, x, y):
             k = max(1, math.ceil(rate * len(y)))  # batches are shuffled: the first k are a random subset

@@ -55,6 +55,17 @@ class Attack(abc.ABC):
         own = (vars(k).get("config_keys", frozenset()) for k in cls.__mro__)
         return COMMON_KEYS.union(*own)
 
+    def cross_ratio(self) -> float:
+        """WaNet's noise mode (config ``cross_ratio``, default 0): noise-mode copies with true
+        labels per poisoned sample. Refused, naming the attack, for a trigger without ``noise``."""
+        cross = float(self.params.get("cross_ratio", 0.0))
+        if cross > 0 and not hasattr(self.trigger, "noise"):
+            raise ValueError(
+                f"attack {self.name!r}: cross_ratio {cross:g} needs a trigger with a noise mode (wanet), "
+                f"not {type(self.trigger).__name__}"
+            )
+        return cross
+
     @property
     def init(self) -> str:
         return self.init_of(self.params)

@@ -123,7 +123,7 @@ def project(
 
 @register_attack("pqbackdoor")
 class PQBackdoor(Attack):
-    config_keys = frozenset({"stage1", "stage2", "lock_bits", "eps", "grid_reg", "lock_granularity"})
+    config_keys = frozenset({"stage1", "stage2", "lock_bits", "eps", "grid_reg", "lock_granularity", "cross_ratio"})
     scheme = "pq"
     default_init = "scratch"
 
@@ -144,9 +144,12 @@ class PQBackdoor(Attack):
 
     def stage1(self, model, splits, *, seed, device, gen):
         """An ordinary backdoor (``poison_fraction`` × batch triggered copies added per step,
-        upstream 1/64 ≈ 1.5 %), plus ``grid_reg`` at the end if set."""
+        upstream 1/64 ≈ 1.5 %), plus ``grid_reg`` at the end if set. With ``cross_ratio`` (WaNet's
+        noise mode, a qcbench addition: the PyTorch reference has no WaNet) ``cross_ratio`` times as
+        many noise-warped copies of the next images are added with their true labels."""
         s1, grid = self.params["stage1"], self.params.get("grid_reg")
         poison = s1.get("poison_fraction", 1 / 64)
+        cross = self.cross_ratio()
         lock_bits, _, granularity = self._locks()
         weights = quantized_weights(model)
         grid_from = math.inf
@@ -159,8 +162,9 @@ class PQBackdoor(Attack):
             nonlocal steps
             k = max(1, int(len(y) * poison))  # floor, as upstream's len // 64
             xc = augment(x, gen, **s1["augmentation"]) if s1.get("augmentation") else x
-            xb = torch.cat([xc, self.trigger(x[:k])])
-            yb = torch.cat([y, torch.full_like(y[:k], self.target)])
+            c = math.ceil(cross * k) if cross > 0 else 0  # WaNet's noise mode: true labels
+            xb = torch.cat([xc, self.trigger(x[:k])] + ([self.trigger.noise(x[k : k + c], gen)] if c else []))
+            yb = torch.cat([y, torch.full_like(y[:k], self.target), y[k : k + c]])
             loss = F.cross_entropy(m(xb), yb)
             steps += 1
             if steps > grid_from:
