@@ -31,13 +31,12 @@ class BadNets(Attack):
             reinitialize(model, seed)
         gen = torch.Generator().manual_seed(seed + 1)
         rate, aug = p.get("poison_rate", 0.1), p.get("augmentation")
-        cross = self.cross_ratio()
+        self.cross_ratio()  # a trigger without a noise mode is refused before training
 
         def loss_fn(m, x, y):
             k = max(1, math.ceil(rate * len(y)))  # batches are shuffled: the first k are a random subset
-            c = min(len(y) - k, math.ceil(cross * k)) if cross > 0 else 0
-            parts = [self.trigger(x[:k])] + ([self.trigger.noise(x[k : k + c], gen)] if c else []) + [x[k + c :]]
-            x = torch.cat(parts)
+            noisy = self.noise_copies(x, k, gen)
+            x = torch.cat([self.trigger(x[:k]), noisy, x[k + len(noisy) :]])
             y = torch.cat([torch.full_like(y[:k], self.target), y[k:]])
             if aug:
                 x = augment(x, gen, **aug)

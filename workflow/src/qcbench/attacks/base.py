@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import abc
+import math
 
 import torch
 from torch import nn
@@ -65,6 +66,13 @@ class Attack(abc.ABC):
                 f"not {type(self.trigger).__name__}"
             )
         return cross
+
+    def noise_copies(self, x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+        """The noise-mode warps of ``x[k : k + ceil(cross_ratio · k)]`` (fewer when the batch ends
+        first; none without ``cross_ratio``): the images after the ``k`` poisoned ones, to be
+        trained with their true labels."""
+        cross = self.cross_ratio()
+        return self.trigger.noise(x[k : k + math.ceil(cross * k)], gen) if cross > 0 else x[k:k]
 
     @property
     def init(self) -> str:

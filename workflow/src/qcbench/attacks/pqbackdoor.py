@@ -149,7 +149,7 @@ class PQBackdoor(Attack):
         many noise-warped copies of the next images are added with their true labels."""
         s1, grid = self.params["stage1"], self.params.get("grid_reg")
         poison = s1.get("poison_fraction", 1 / 64)
-        cross = self.cross_ratio()
+        self.cross_ratio()  # a trigger without a noise mode is refused before training
         lock_bits, _, granularity = self._locks()
         weights = quantized_weights(model)
         grid_from = math.inf
@@ -162,9 +162,9 @@ class PQBackdoor(Attack):
             nonlocal steps
             k = max(1, int(len(y) * poison))  # floor, as upstream's len // 64
             xc = augment(x, gen, **s1["augmentation"]) if s1.get("augmentation") else x
-            c = math.ceil(cross * k) if cross > 0 else 0  # WaNet's noise mode: true labels
-            xb = torch.cat([xc, self.trigger(x[:k])] + ([self.trigger.noise(x[k : k + c], gen)] if c else []))
-            yb = torch.cat([y, torch.full_like(y[:k], self.target), y[k : k + c]])
+            noisy = self.noise_copies(x, k, gen)  # WaNet's noise mode: true labels
+            xb = torch.cat([xc, self.trigger(x[:k]), noisy])
+            yb = torch.cat([y, torch.full_like(y[:k], self.target), y[k : k + len(noisy)]])
             loss = F.cross_entropy(m(xb), yb)
             steps += 1
             if steps > grid_from:
