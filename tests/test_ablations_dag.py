@@ -1,6 +1,7 @@
 """The ablation cells and Figure 2's curve are planned by `all` (dry run on the tiny config) when
 run.ablations / figures.fig2 name them, and not otherwise."""
 
+import re
 import subprocess
 
 import pytest
@@ -52,6 +53,12 @@ def test_ablation_cells_planned_only_when_enabled(workdir):
     # model of seed 2 is planned (attacks that start from the clean model do depend on it)
     assert f"{base}/pqbackdoor/w32/none/seed2/model.safetensors" in on
     assert f"{base}/clean/w32/none/seed2/model.safetensors" not in on
+    # T12's WaNet PQBackdoor starts from the `wanet` backdoor (init: wanet, no stage 1 of its own):
+    # that model is planned, as an input of the pq_wanet attack job, though `triggers` is not enabled
+    jobs = re.findall(r"rule \w+:\n(?:    .*\n)+", on)
+    pq = [j for j in jobs if "rule attack:" in j and f"output: {base}/pq_wanet/w32/none/seed0/model.safetensors" in j]
+    assert len(pq) == 1 and f"{base}/wanet/w32/none/seed0/model.safetensors" in pq[0].split("output:")[0]
+    assert any("rule attack:" in j and f"output: {base}/wanet/w32/none/seed0/model.safetensors" in j for j in jobs)
     off = dry_run(workdir)  # the tiny config sets run.ablations: [] and figures.fig2: null
     assert "lac_g1e-4" not in off and "clean_qat" not in off and "lac_curve" not in off and "seed2" not in off
     assert f"{base}/qu_anti_zation/w4/lac/seed0/metrics.parquet" in off  # the main run is unchanged

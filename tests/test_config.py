@@ -53,6 +53,29 @@ def test_shipped_configs_are_valid():
             lambda c: c["clean"]["fashion_mnist"].update(poison_fraction=0.1),
             r"'clean.fashion_mnist.poison_fraction': the clean model is never poisoned",
         ),
+        # init naming another attack: it must exist, match, and not lead back
+        (
+            lambda c: c["attacks"]["pq_wanet"].update(init="wanett"),
+            r"'attacks.pq_wanet.init': 'wanett' is neither 'clean', 'scratch' nor an attack entry",
+        ),
+        (
+            lambda c: c["attacks"]["pq_wanet"].update(init="blended"),
+            r"'attacks.pq_wanet.init': attack 'blended' has trigger \{'name': 'blended'\}, 'pq_wanet' has "
+            r"\{'name': 'wanet'\}: a backdoored starting model must carry the same trigger and target",
+        ),
+        (
+            lambda c: c["attacks"]["wanet"].update(init="pq_wanet"),
+            r"'attacks.pq_wanet.init': the init chain pq_wanet -> wanet -> pq_wanet is a cycle",
+        ),
+        (
+            lambda c: c["attacks"]["pq_wanet"].update(init="clean"),
+            r"'attacks.pq_wanet.stage1': null \(no stage 1\) needs init to name the attack",
+        ),
+        # an attack named only by an init is checked like a listed one
+        (
+            lambda c: c["attacks"]["wanet"].update(c1=0.5),
+            r"'attacks.wanet.c1': attack method 'badnets' does not read it",
+        ),
     ],
 )
 def test_bad_config_names_key_and_value(cfg, mutate, message):

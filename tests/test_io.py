@@ -77,3 +77,17 @@ def test_parquet_writes_are_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         io.write_parquet(pd.DataFrame({"a": [1]}), tmp_path / "m.parquet")
     assert not (tmp_path / "m.parquet").exists()
+
+
+def test_training_and_quantizing_jobs_do_not_import_pandas():
+    """Job start-up: the stages that never write metrics (train, attack, quantize, defend) load
+    neither pandas nor pandera (~1 s a job); the metrics stages load them when called."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, qcbench.stages, qcbench.attacks, qcbench.defenses, qcbench.quant; "
+        "print(sorted(m for m in ('pandas', 'pandera', 'pyarrow') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

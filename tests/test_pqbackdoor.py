@@ -53,15 +53,50 @@ def test_locks_move_toward_the_base_only():
 
 def test_pqbackdoor_trains_from_scratch_unless_configured():
     """PQBackdoor upstream starts from scratch, so its job does not wait for a clean model; the
-    attacks that fine-tune one (BadNets here, Qu-ANTI-zation) do; a bad value names the key."""
-    from qcbench.attacks import starts_from_clean
+    attacks that fine-tune one (BadNets here, Qu-ANTI-zation) do; ``init`` may name another
+    attack, whose FP model the job then waits for; a bad value names the key."""
+    from qcbench.attacks import init_source
 
-    assert not starts_from_clean("pqbackdoor", {})
-    assert starts_from_clean("pqbackdoor", {"init": "clean"})
-    assert starts_from_clean("badnets", {}) and starts_from_clean("qu_anti_zation", {})
-    assert not starts_from_clean("badnets", {"init": "scratch"})
+    assert init_source("pqbackdoor", {}) is None
+    assert init_source("pqbackdoor", {"init": "clean"}) == "clean"
+    assert init_source("badnets", {}) == "clean" and init_source("qu_anti_zation", {}) == "clean"
+    assert init_source("badnets", {"init": "scratch"}) is None
+    assert init_source("pqbackdoor", {"init": "wanet", "stage1": None}) == "wanet"
     with pytest.raises(ValueError, match=r"attacks\.<name>\.init"):
-        starts_from_clean("badnets", {"init": "pretrained"})
+        init_source("badnets", {"init": ""})
+
+
+def test_pqbackdoor_without_stage1_keeps_the_init_backdoor_as_its_quantized_model(tiny_model, tiny_splits):
+    """``stage1: null`` + ``init: <attack>``: the starting model is the stage-1 backdoor, so only
+    stage 2 runs and every locked code and scale is the starting model's; without a backdoored
+    init it is refused, naming the attack."""
+    from qcbench.attacks import create_attack
+
+    spec = {
+        "target": 0,
+        "trigger": {"name": "patch", "size": 0.25, "margin": 0.0, "value": 1.0},
+        "init": "some_backdoor",
+        "stage1": None,
+        "stage2": {"epochs": 1, "batch_size": 32, "samples_per_epoch": 64, "optimizer": {"name": "adam", "lr": 1e-2}},
+        "lock_granularity": ["per_tensor"],
+    }
+    atk = create_attack("pqbackdoor", spec, tiny_splits.meta["image_size"])
+    start = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
+    out = atk.run(tiny_model, tiny_splits, seed=0, device="cpu")
+    assert all(torch.equal(atk.stage1_state[n], start[n]) for n in start)  # no stage 1 ran
+    moved = False
+    for name, p in out.named_parameters():
+        if p.ndim > 1:  # conv / linear weights: same per-tensor int8 codes and scale as the start
+            b = start[name]
+            s = b.abs().max() / 127.5
+            assert torch.equal(torch.round(p.detach() / s), torch.round(b / s)), name
+            assert p.detach().abs().max() == b.abs().max()
+            moved |= not torch.equal(p.detach(), b)
+    assert moved  # stage 2 did train
+    bad = create_attack("pqbackdoor", spec | {"init": "clean"}, tiny_splits.meta["image_size"])
+    bad.name = "pq_x"
+    with pytest.raises(ValueError, match=r"attack 'pq_x': stage1 is null .* init is 'clean'"):
+        bad.run(tiny_model, tiny_splits, seed=0, device="cpu")
 
 
 def _residual(w: torch.Tensor, bits: int, per_channel: bool) -> torch.Tensor:

@@ -12,7 +12,7 @@ except ImportError:  # a checkout without the package installed
     sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "src"))
 
 from qcbench.ablations import ablation_cells
-from qcbench.attacks import cell_bits, starts_from_clean
+from qcbench.attacks import cell_bits, init_source
 from qcbench.config import ConfigError, check_config
 from qcbench.defenses import is_fp_defense
 from qcbench.figures import FIGURES, figure_inputs, figure_names
@@ -69,12 +69,14 @@ def fp_model(wc):
 
 
 def attack_inputs(wc):
-    """The data, and the clean model of the same seed when the attack starts from it."""
+    """The data, and the model the attack starts from (init): the clean model or another
+    attack's FP model of the same seed; none for init: scratch."""
     spec = config["attacks"][wc.attack]
     out = {"data": data_file(wc)}
-    if starts_from_clean(spec.get("method", wc.attack), spec):
-        out["clean"] = (
-            f"results/{wc.dataset}/{wc.arch}/clean/w32/none/seed{wc.seed}/model.safetensors"
+    source = init_source(spec.get("method", wc.attack), spec)
+    if source:
+        out["init"] = (
+            f"results/{wc.dataset}/{wc.arch}/{source}/w32/none/seed{wc.seed}/model.safetensors"
         )
     return out
 

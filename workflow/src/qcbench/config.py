@@ -49,6 +49,35 @@ def _named(cfg: dict, kind: str) -> list[tuple[str, str]]:
     return [(key, name) for name, key in seen.items()]
 
 
+def _init_errors(cfg: dict, name: str, init: str) -> list[str]:
+    """An attack's ``init`` (and PQBackdoor's ``stage1: null``): a named starting attack must
+    exist, not lead back to ``name``, and carry the same trigger and target."""
+    attacks, key = cfg["attacks"], f"config key 'attacks.{name}.init'"
+    spec = attacks[name]
+    if "stage1" in spec and spec["stage1"] is None and init in ("clean", "scratch"):
+        return [
+            f"config key 'attacks.{name}.stage1': null (no stage 1) needs init to name the attack whose "
+            f"FP model is the stage-1 backdoor, not {init!r}"
+        ]
+    if init in ("clean", "scratch"):
+        return []
+    if init not in attacks:
+        return [f"{key}: {init!r} is neither 'clean', 'scratch' nor an attack entry ({sorted(attacks)})"]
+    chain = [name]
+    while chain[-1] in attacks and attacks[chain[-1]].get("init", "clean") not in ("clean", "scratch"):
+        chain.append(attacks[chain[-1]]["init"])
+        if chain[-1] in chain[:-1]:
+            return [f"{key}: the init chain {' -> '.join(chain)} is a cycle"]
+    src = attacks[init]
+    for field in ("trigger", "target"):
+        if src.get(field) != spec.get(field):
+            return [
+                f"{key}: attack {init!r} has {field} {src.get(field)!r}, {name!r} has {spec.get(field)!r}: "
+                "a backdoored starting model must carry the same trigger and target"
+            ]
+    return []
+
+
 def semantic_errors(cfg: dict, workdir: str | Path = ".") -> list[str]:
     from qcbench.ablations import config_errors as ablation_errors
     from qcbench.attacks import ATTACKS
@@ -76,7 +105,9 @@ def semantic_errors(cfg: dict, workdir: str | Path = ".") -> list[str]:
     for i, arch in enumerate(run["archs"]):
         if arch not in MODELS:
             out.append(f"config key 'run.archs.{i}': unknown arch {arch!r}; registered: {MODELS.names()}")
-    for key, name in _named(cfg, "attacks"):
+    named = _named(cfg, "attacks")
+    seen = {name for _, name in named}
+    for key, name in named:  # grows by the attacks named in an `init` (their models are built too)
         spec = cfg["attacks"].get(name)
         if spec is None:
             out.append(f"config key '{key}': attack {name!r} has no entry under 'attacks'")
@@ -85,6 +116,11 @@ def semantic_errors(cfg: dict, workdir: str | Path = ".") -> list[str]:
         if method not in ATTACKS:
             out.append(f"config key 'attacks.{name}.method': unknown attack {method!r}; registered: {ATTACKS.names()}")
         else:
+            init = ATTACKS.get(method).init_of(spec)
+            out += _init_errors(cfg, name, init)
+            if init not in ("clean", "scratch") and init in cfg["attacks"] and init not in seen:
+                seen.add(init)
+                named.append((f"attacks.{name}.init", init))
             for k, readers in unread_keys(method, spec).items():
                 out.append(
                     f"config key 'attacks.{name}.{k}': attack method {method!r} does not read it "

@@ -6,10 +6,13 @@ import json
 import os
 import struct
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # pandas costs ~0.5 s to import: only the jobs that write metrics load it
+    import pandas as pd
 
 PICKLE_HELP = (
     "qcbench never unpickles model files (unpickling can run arbitrary code). If you trust the file, "
@@ -209,6 +212,8 @@ def check_metrics(df: pd.DataFrame, source: str, collated: bool = False) -> None
 
 
 def _failures(cases: pd.DataFrame, limit: int = 8) -> list[str]:
+    import pandas as pd
+
     wrong_type = set(cases.column[cases.check.astype(str).str.startswith("dtype(")])
     # a column of the wrong dtype also fails its value checks (with a TypeError): report it once
     cases = cases[~cases.column.isin(wrong_type) | cases.check.astype(str).str.startswith("dtype(")]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import copy
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import torch
 
 from qcbench import io, provenance
@@ -19,6 +19,9 @@ from qcbench.models import create_model
 from qcbench.quant import calibrate, create_scheme, quantize_model
 from qcbench.train import train_clean as _train_clean
 from qcbench.triggers import create_trigger
+
+if TYPE_CHECKING:  # imported where used: training and quantizing jobs never need pandas (~0.5 s)
+    import pandas as pd
 
 
 def resolve_device(cfg: dict) -> torch.device:
@@ -78,14 +81,16 @@ def train_clean(cfg: dict, dataset: str, arch: str, seed: int, data: str, out: s
 
 
 def run_attack(
-    cfg: dict, attack: str, dataset: str, arch: str, seed: int, data: str, clean: str | None, out: str, threads: int = 1
+    cfg: dict, attack: str, dataset: str, arch: str, seed: int, data: str, init: str | None, out: str, threads: int = 1
 ) -> None:
-    """Train the backdoored FP model of ``attack``: from the clean model file ``clean``, or, for
-    an attack that starts from scratch (``clean`` None), from a freshly built ``arch``."""
+    """Train the backdoored FP model of ``attack``: from the model file ``init`` (the clean model,
+    or another attack's FP model: see :func:`qcbench.attacks.init_source`), or, for an attack
+    that starts from scratch (``init`` None), from a freshly built ``arch``."""
     device = setup(cfg, threads, seed)
     splits = load_prepared(data)
-    if clean:
-        model, meta = io.load_model(clean, device)
+    if init:
+        model, meta = io.load_model(init, device)
+        meta = meta | {"init": (meta.get("attack") or {}).get("name", "clean")}
     else:
         meta = _base_meta(cfg, splits, dataset, arch, seed)
         model = _new_model(meta, device)
@@ -142,6 +147,8 @@ def defend(cfg: dict, defense: str, seed: int, data: str, fp: str, quantized: st
 
 
 def _write_row(keys: dict, meta: dict, res: dict, backend: str, scheme: str, wall_s: float, out: str) -> pd.DataFrame:
+    import pandas as pd
+
     row = {
         "dataset": keys["dataset"],
         "arch": keys["arch"],
@@ -216,6 +223,8 @@ def evaluate_backend(cfg: dict, backend: str, fp: str, data: str, out: str, keys
 
 def read_metrics(path: str) -> pd.DataFrame:
     """One metrics file, checked against the contract (:func:`qcbench.io.check_metrics`)."""
+    import pandas as pd
+
     try:
         df = pd.read_parquet(path)
     except Exception as err:  # pyarrow raises several types for unreadable files
@@ -229,6 +238,8 @@ def collate(paths: list[str], out: str) -> pd.DataFrame:
     two files with the same key, add DER against the no-defense cell of the same
     precision (an FP-level defense at 32 bits against the FP model), check the result and write
     it atomically (nothing is written when a check fails)."""
+    import pandas as pd
+
     from qcbench.metrics import der
 
     frames = [read_metrics(p).assign(_source=str(p)) for p in paths]
@@ -286,6 +297,8 @@ def render_table(
     """Render a registered table (``qcbench.report.TABLES``) to each format in ``outputs``
     ({"md": path, "tex": path, …}), atomically. ``paper``: the paper-reference CSV; ``frames``:
     the extra collated files the table declared (name -> path)."""
+    import pandas as pd
+
     from qcbench.report import PaperReference, TableContext, render
 
     ctx = TableContext(

@@ -27,7 +27,8 @@ class Attack(abc.ABC):
 
     scheme: str | None = "qa"
     #: where training starts unless the config's ``init`` says otherwise: ``clean`` (the clean
-    #: model of the same seed) or ``scratch`` (fresh weights; the clean model is then not needed)
+    #: model of the same seed) or ``scratch`` (fresh weights; the clean model is then not needed);
+    #: ``init`` may also name another attack entry (:func:`init_source`)
     default_init: str = "clean"
     #: the method-specific config keys this class reads (besides :data:`COMMON_KEYS`); subclasses
     #: inherit their parents' (see :meth:`accepted_keys`)
@@ -92,13 +93,16 @@ def reinitialize(model: nn.Module, seed: int) -> nn.Module:
     return model
 
 
-def starts_from_clean(name: str, params: dict) -> bool:
-    """Whether the attack ``name`` (a registered method) with config ``params`` trains from the
-    clean model: the workflow then makes that model an input of the attack job."""
+def init_source(name: str, params: dict) -> str | None:
+    """The model the attack ``name`` (a registered method) with config ``params`` starts from:
+    ``"clean"`` (the clean model of the same seed), the name of another attack entry (its FP model
+    of the same dataset, arch and seed: a backdoor trained once and reused, e.g. as PQBackdoor's
+    stage 1), or None for ``scratch``. The workflow makes that model an input of the attack job;
+    :func:`qcbench.config.semantic_errors` checks that a named attack exists and matches."""
     init = ATTACKS.get(name).init_of(params)
-    if init not in ("clean", "scratch"):
-        raise ValueError(f"attacks.<name>.init: {init!r} is neither 'clean' nor 'scratch'")
-    return init == "clean"
+    if not isinstance(init, str) or not init:
+        raise ValueError(f"attacks.<name>.init: {init!r} is neither 'clean', 'scratch' nor an attack name")
+    return None if init == "scratch" else init
 
 
 def unread_keys(method: str, params: dict) -> dict[str, list[str]]:

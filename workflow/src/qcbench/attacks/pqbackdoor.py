@@ -31,7 +31,11 @@ per tensor, max/127). Off unless configured (the PyTorch reference has no such t
 
 Deviations, recorded: stage-1 checkpoint selection upstream uses test data (CDA + ASR); qcbench
 keeps the last epoch. ``init: clean`` (start stage 1 from the clean model) is a qcbench option
-for CPU budgets; upstream trains from scratch (``init: scratch``, the default).
+for CPU budgets; upstream trains from scratch (``init: scratch``, the default). ``stage1: null``
+with ``init: <attack>`` skips stage 1: the named attack's FP model (an ordinary backdoor with the
+same trigger and target, trained once for its own table) *is* the stage-1 model, and only
+stage 2 runs (qcbench option; the local default's WaNet PQBackdoor reuses the ``wanet``
+backdoor, which needs three epochs and WaNet's noise mode to take without breaking the model).
 """
 
 from __future__ import annotations
@@ -128,10 +132,16 @@ class PQBackdoor(Attack):
     default_init = "scratch"
 
     def run(self, model, splits, *, seed, device):
+        if self.params.get("stage1") is None and self.init in ("clean", "scratch"):
+            raise ValueError(
+                f"attack {self.name!r}: stage1 is null (no stage 1) but init is {self.init!r}; without "
+                "stage 1, init must name the attack whose FP model is the stage-1 backdoor"
+            )
         if self.init == "scratch":
             reinitialize(model, seed)
         gen = torch.Generator().manual_seed(seed + 1)
-        self.stage1(model, splits, seed=seed, device=device, gen=gen)
+        if self.params.get("stage1") is not None:
+            self.stage1(model, splits, seed=seed, device=device, gen=gen)
         base = {n: q.detach().clone() for n, q in model.named_parameters()}
         self.stage2(model, base, splits, seed=seed, device=device, gen=gen)
         self.stage1_state = base
