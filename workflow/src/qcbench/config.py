@@ -50,21 +50,18 @@ def _named(cfg: dict, kind: str) -> list[tuple[str, str]]:
 
 
 def _init_errors(cfg: dict, name: str, init: str) -> list[str]:
-    """An attack's ``init`` (and PQBackdoor's ``stage1: null``): a named starting attack must
-    exist, not lead back to ``name``, and carry the same trigger and target."""
+    """An attack's ``init``: a named starting attack must exist, not lead back to ``name``, and
+    carry the same trigger and target."""
+    from qcbench.attacks.base import BUILT_IN_INITS
+
     attacks, key = cfg["attacks"], f"config key 'attacks.{name}.init'"
     spec = attacks[name]
-    if "stage1" in spec and spec["stage1"] is None and init in ("clean", "scratch"):
-        return [
-            f"config key 'attacks.{name}.stage1': null (no stage 1) needs init to name the attack whose "
-            f"FP model is the stage-1 backdoor, not {init!r}"
-        ]
-    if init in ("clean", "scratch"):
+    if init in BUILT_IN_INITS:
         return []
     if init not in attacks:
         return [f"{key}: {init!r} is neither 'clean', 'scratch' nor an attack entry ({sorted(attacks)})"]
     chain = [name]
-    while chain[-1] in attacks and attacks[chain[-1]].get("init", "clean") not in ("clean", "scratch"):
+    while chain[-1] in attacks and attacks[chain[-1]].get("init", "clean") not in BUILT_IN_INITS:
         chain.append(attacks[chain[-1]]["init"])
         if chain[-1] in chain[:-1]:
             return [f"{key}: the init chain {' -> '.join(chain)} is a cycle"]
@@ -81,7 +78,7 @@ def _init_errors(cfg: dict, name: str, init: str) -> list[str]:
 def semantic_errors(cfg: dict, workdir: str | Path = ".") -> list[str]:
     from qcbench.ablations import config_errors as ablation_errors
     from qcbench.attacks import ATTACKS
-    from qcbench.attacks.base import unread_keys
+    from qcbench.attacks.base import BUILT_IN_INITS, unread_keys
     from qcbench.data import DATASETS
     from qcbench.defenses import DEFENSES
     from qcbench.detection.checks import detection_errors
@@ -116,9 +113,11 @@ def semantic_errors(cfg: dict, workdir: str | Path = ".") -> list[str]:
         if method not in ATTACKS:
             out.append(f"config key 'attacks.{name}.method': unknown attack {method!r}; registered: {ATTACKS.names()}")
         else:
-            init = ATTACKS.get(method).init_of(spec)
+            cls = ATTACKS.get(method)
+            init = cls.init_of(spec)
             out += _init_errors(cfg, name, init)
-            if init not in ("clean", "scratch") and init in cfg["attacks"] and init not in seen:
+            out += [f"config key 'attacks.{name}.{k}': {msg}" for k, msg in cls.param_errors(spec).items()]
+            if init not in BUILT_IN_INITS and init in cfg["attacks"] and init not in seen:
                 seen.add(init)
                 named.append((f"attacks.{name}.init", init))
             for k, readers in unread_keys(method, spec).items():

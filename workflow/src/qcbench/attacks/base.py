@@ -19,6 +19,8 @@ COMMON_KEYS = frozenset(
     "method target trigger scheme epochs batch_size optimizer scheduler samples_per_epoch "
     "augmentation channels_last per_dataset init bits".split()
 )
+#: the ``init`` values that name no attack (any other value is an attack entry's name)
+BUILT_IN_INITS = frozenset({"clean", "scratch"})
 
 
 class Attack(abc.ABC):
@@ -56,6 +58,12 @@ class Attack(abc.ABC):
         """Every config key an entry of this method may carry."""
         own = (vars(k).get("config_keys", frozenset()) for k in cls.__mro__)
         return COMMON_KEYS.union(*own)
+
+    @classmethod
+    def param_errors(cls, params: dict) -> dict[str, str]:
+        """Problems a config entry of this method has that the schema cannot see, by key (the
+        config check reports them before any job runs; :meth:`run` may refuse the same)."""
+        return {}
 
     def cross_ratio(self) -> float:
         """WaNet's noise mode (config ``cross_ratio``, default 0): noise-mode copies with true

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qcbench.attacks.base import Attack, register_attack, reinitialize
+from qcbench.attacks.base import BUILT_IN_INITS, Attack, register_attack, reinitialize
 from qcbench.data import augment
 from qcbench.quant import qrange
 from qcbench.train import fit, stage_kwargs, steps_per_epoch
@@ -131,12 +131,19 @@ class PQBackdoor(Attack):
     scheme = "pq"
     default_init = "scratch"
 
+    @classmethod
+    def param_errors(cls, params: dict) -> dict[str, str]:
+        init = cls.init_of(params)
+        if "stage1" in params and params["stage1"] is None and init in BUILT_IN_INITS:
+            return {
+                "stage1": "null (no stage 1) needs init to name the attack whose FP model is the "
+                f"stage-1 backdoor, but init is {init!r}"
+            }
+        return {}
+
     def run(self, model, splits, *, seed, device):
-        if self.params.get("stage1") is None and self.init in ("clean", "scratch"):
-            raise ValueError(
-                f"attack {self.name!r}: stage1 is null (no stage 1) but init is {self.init!r}; without "
-                "stage 1, init must name the attack whose FP model is the stage-1 backdoor"
-            )
+        if problem := self.param_errors(self.params).get("stage1"):
+            raise ValueError(f"attack {self.name!r}: stage1 is {problem}")
         if self.init == "scratch":
             reinitialize(model, seed)
         gen = torch.Generator().manual_seed(seed + 1)
