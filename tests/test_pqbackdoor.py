@@ -17,6 +17,7 @@ def _codes_and_scales(w: torch.Tensor, bits: int, per_channel: bool):
 @pytest.mark.parametrize("seed", range(40))
 def test_projection_keeps_every_code_and_scale(seed):
     g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # the layers' init too: the case does not depend on the test order
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Flatten(), nn.LazyLinear(5))
     model(torch.rand(2, 3, 6, 6))
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -37,6 +38,30 @@ def test_projection_keeps_every_code_and_scale(seed):
             assert torch.equal(p, base[name]), name
     moved = sum((p - base[n]).abs().sum().item() for n, p in model.named_parameters())
     assert moved > 0  # the FP weights do move inside the locked box
+
+
+@pytest.mark.parametrize("push", [-1.0, 1.0])
+def test_projection_keeps_codes_of_weights_within_float_rounding_of_a_tie(push):
+    """Bases a few ulps either side of a rounding tie (code ±83.5 on the 8-bit per-tensor grid):
+    the lock's ``q · s`` can land exactly on the tie and round half to even to the other code;
+    the projection's final check puts such elements back to their base."""
+    m = torch.tensor(0.190_318_6)  # max-abs of the tensor, an awkward float32 scale m / 127.5
+    s = m / 127.5
+    tie = torch.tensor(-83.5) * s
+    near = [tie]
+    for _ in range(40):  # 40 float32 neighbours on each side of the tie
+        near = [torch.nextafter(near[0], torch.tensor(-1.0)), *near, torch.nextafter(near[-1], torch.tensor(1.0))]
+    base = torch.cat([torch.stack(near), -torch.stack(near), m.view(1)]).view(1, -1)
+    assert torch.unique(torch.round(base / s)).numel() == 5  # -84, -83, 83, 84 and the max
+    for per_channel, bits in ((False, [8]), (True, [8, 4])):
+        model = nn.Linear(base.shape[1], 1, bias=False)
+        with torch.no_grad():
+            model.weight.copy_(base + push * 0.6 * s)  # pushes every weight to a window's edge
+        project(model, {"weight": base}, lock_bits=bits, granularity=(per_channel,))
+        for b in bits:
+            c0, s0 = _codes_and_scales(base, b, per_channel)
+            c1, s1 = _codes_and_scales(model.weight.detach(), b, per_channel)
+            assert torch.equal(c0, c1) and torch.equal(s0, s1), (per_channel, b)
 
 
 def test_locks_move_toward_the_base_only():

@@ -11,7 +11,9 @@ weight keeps
 2. its integer code (*code lock*: with s the symmetric scale of the base weight, the scaled
    value may move only within [r − 0.5 + e, r + 0.5 − e] around the base code r; per channel
    (fbgemm), then per tensor (qnnpack); e = 1e-3; the max-abs elements themselves stay at
-   their base value exactly, since their scaled value sits on a rounding tie),
+   their base value exactly, since their scaled value sits on a rounding tie; a final check
+   over every locked grid puts back to its base any element whose code still changed, e.g. a
+   base a few ulps from a tie that ``q · s`` lands exactly on),
 
 for every bit width in ``lock_bits`` (8 upstream; the LAC paper's 4-bit PQBackdoor adds 4) and
 every granularity in ``lock_granularity`` (upstream both; ``[per_tensor]`` locks only the qnnpack
@@ -122,7 +124,27 @@ def project(
         at_max = b.abs() == b.abs().max()
         if True in granularity:
             at_max |= b.abs() == b.abs().amax(dim=_reduce_dims(b, True), keepdim=True)
-        p.copy_(torch.where(at_max, b, w))
+        w = torch.where(at_max, b, w)
+        # a base within float rounding of a tie can land exactly on it after ``q * s`` (or after a
+        # later lock on another grid), and round half to even to the neighbouring code: a final
+        # check over every locked grid puts such elements back to their base value
+        p.copy_(torch.where(_code_changed(w, b, lock_bits, granularity), b, w))
+
+
+def _code_changed(w: torch.Tensor, base: torch.Tensor, lock_bits, granularity) -> torch.Tensor:
+    """Elements of ``w`` whose integer code differs from ``base``'s on any locked grid, computed
+    both as the simulated quantizer does (``round(x · (1/s))``, float32 reciprocal) and by
+    division (``round(x / s)``); the scales are the base's (the scale lock keeps them)."""
+    changed = torch.zeros_like(w, dtype=torch.bool)
+    for bits in lock_bits:
+        qmin, qmax = qrange(bits, True)
+        for per_channel in granularity:
+            s = base.abs().amax(dim=_reduce_dims(base, per_channel), keepdim=True) / ((qmax - qmin) / 2)
+            s = s.clamp_min(1e-8)
+            inv = torch.reciprocal(s)
+            changed |= torch.round(w * inv) != torch.round(base * inv)
+            changed |= torch.round(w / s) != torch.round(base / s)
+    return changed
 
 
 @register_attack("pqbackdoor")
