@@ -97,6 +97,19 @@ def test_augment_keeps_shape_and_is_seeded():
     assert augment(x, torch.Generator().manual_seed(0), pad=0, flip=False).equal(x)
 
 
+def test_augment_runs_on_the_batch_device_with_a_cpu_generator():
+    """Attacks augment batches already on the GPU with a CPU generator: every index and mask
+    must follow the batch (the ``meta`` device stands in for CUDA and rejects CPU operands the
+    same way), and the draws stay those of the generator."""
+    x = torch.rand(8, 1, 28, 28)
+    out = augment(x.to("meta"), torch.Generator().manual_seed(0))
+    assert out.device.type == "meta" and out.shape == x.shape
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    augment(x.to("meta"), g1)
+    augment(x, g2)
+    assert torch.equal(torch.rand(4, generator=g1), torch.rand(4, generator=g2))  # same draws consumed
+
+
 @pytest.mark.parametrize("size,expect", [(28, (23, 4)), (32, (27, 4)), (64, (54, 8))])
 def test_patch_trigger_location_matches_qu_anti_zation(size, expect):
     trig = create_trigger({"name": "patch"}, size)

@@ -228,16 +228,20 @@ def load_prepared(path: str | Path, verify: bool = True) -> Splits:
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 2, flip: bool = True) -> torch.Tensor:
-    """Random crop (zero padding ``pad``) and horizontal flip of a float batch, on tensors."""
+    """Random crop (zero padding ``pad``) and horizontal flip of a float batch, on tensors. The
+    random draws come from the (CPU) ``generator`` whatever ``x``'s device, so a seed gives the
+    same augmentation on CPU and CUDA; the indices and the mask then move to ``x``'s device."""
     n, _, h, w = x.shape
+    dev = x.device
     if pad > 0:
         xp = F.pad(x, (pad, pad, pad, pad))
-        di = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-        dj = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-        rows = (torch.arange(h)[None, :] + di[:, None])[:, None, :, None]
-        cols = (torch.arange(w)[None, :] + dj[:, None])[:, None, None, :]
-        x = xp[torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None], rows, cols]
+        di = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(dev)
+        dj = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(dev)
+        rows = (torch.arange(h, device=dev)[None, :] + di[:, None])[:, None, :, None]
+        cols = (torch.arange(w, device=dev)[None, :] + dj[:, None])[:, None, None, :]
+        chans = torch.arange(x.shape[1], device=dev)[None, :, None, None]
+        x = xp[torch.arange(n, device=dev)[:, None, None, None], chans, rows, cols]
     if flip:
-        mask = torch.rand(n, generator=generator) < 0.5
+        mask = (torch.rand(n, generator=generator) < 0.5).to(dev)
         x = torch.where(mask[:, None, None, None], x.flip(-1), x)
     return x
