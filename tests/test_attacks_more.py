@@ -110,6 +110,28 @@ def test_adaptive_penalty_equals_the_two_convolution_definition(tiny_model):
     assert all(m.operands is None and not m.keep_operands for _, m in quant_modules(qm))  # nothing kept
 
 
+def test_adaptive_penalty_pulls_the_weights_toward_their_grid(tiny_model):
+    """Q(W) is a constant of the penalty: its weight gradient is not zero (as it would be through
+    the straight-through Q), and a small step along it brings every layer's weights closer to
+    their quantized values."""
+    qm = quantize_model(tiny_model, create_scheme("qa", 4))
+    x = torch.rand(8, 1, 28, 28)
+    _, penalty = weight_error_penalty(qm, x)
+    mods = [m for _, m in quant_modules(qm)]
+    grads = torch.autograd.grad(penalty, [m.weight for m in mods])
+    assert all(g.abs().sum() > 0 for g in grads)
+
+    def dist():
+        with torch.no_grad():
+            return sum((m.weight - m.quant_weight()).pow(2).sum() for m in mods)
+
+    before = dist()
+    with torch.no_grad():
+        for m, g in zip(mods, grads):
+            m.weight -= 1e-3 * g / g.abs().max()
+    assert dist() < before
+
+
 def test_badnets_plants_a_plain_backdoor(tiny_splits, tiny_model):
     params = {"target": 2, "trigger": {"name": "badnets", "size": 0.1875}, "epochs": 4, "batch_size": 64,
               "poison_rate": 0.1, "optimizer": {"name": "adam", "lr": 3e-3}}  # fmt: skip

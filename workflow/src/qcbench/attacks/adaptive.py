@@ -4,7 +4,15 @@ keeps every quantized layer's output close to its FP-weight output on the same i
     λ · Σ_l ‖W_l·I_l − Q(W_l)·I_l‖²   (mean over elements, λ = ``lam``, default 1),
 
 computed in each quantized forward pass, so the attacker anticipates a layer-wise activation
-correction. The term is zero when Q is the identity."""
+correction. The term is zero when Q is the identity.
+
+Q(W_l) is a constant of the term (rounding has zero derivative almost everywhere), so its
+gradient pulls each W_l toward its quantized value Q(W_l) (and moves the layer inputs I_l through
+the earlier layers). Written with the straight-through Q that the cross-entropy terms use, the
+term's gradient in W_l would be exactly zero (d(W − Q(W))/dW = 1 − 1): the penalty could then
+only act through I_l. The paper gives no code for this attack; qcbench takes the first reading,
+the one that makes the penalty act on the weights it names (changed 2026-12-03; Table 7's
+earlier figures were measured with the straight-through form)."""
 
 from __future__ import annotations
 
@@ -32,7 +40,7 @@ def weight_error_penalty(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tenso
             return
         i, qw = m.operands if m.operands is not None else (m.quant_input(args[0]), m.quant_weight())
         m.operands = None
-        terms.append(m._op(i, m.weight - qw, bias=False).pow(2).mean())
+        terms.append(m._op(i, m.weight - qw.detach(), bias=False).pow(2).mean())
 
     handles = [m.register_forward_hook(hook) for m in mods]
     for m in mods:
