@@ -71,6 +71,10 @@ def test_shipped_configs_are_valid():
             lambda c: c["attacks"]["pq_wanet"].update(init="clean"),
             r"'attacks.pq_wanet.stage1': null \(no stage 1\) needs init to name the attack",
         ),
+        (
+            lambda c: c["attacks"]["compartifact4"].update(variant="distilled", init="scratch"),
+            r"'attacks.compartifact4.variant': distilled needs a trained starting model as its frozen teacher",
+        ),
         # an attack named only by an init is checked like a listed one
         (
             lambda c: c["attacks"]["wanet"].update(c1=0.5),

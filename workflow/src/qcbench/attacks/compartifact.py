@@ -24,7 +24,10 @@ Deviations, recorded: the standard attack trains from scratch upstream (``init: 
 ``init: clean`` starts from the clean model for CPU budgets. Upstream picks the epoch with the
 best INT8 ASR among epochs whose FP ASR is low, using test data; qcbench keeps the last epoch.
 The distilled variant's perturbation uses the current FP model (upstream: a copy refreshed each
-epoch, randomly initialised in epoch 0).
+epoch, randomly initialised in epoch 0), and its quantized path also runs the perturbed copy:
+its outputs are not in the loss, but they are in the shared BN batch statistics (8B samples per
+step instead of upstream's 6B). The distilled variant refuses ``init: scratch`` (its starting
+model is the teacher).
 """
 
 from __future__ import annotations
@@ -119,8 +122,16 @@ class CompArtifact(Attack):
     config_keys = frozenset({"quantized_layers", "variant"})
     scheme = "ca"
 
+    @classmethod
+    def param_errors(cls, params: dict) -> dict[str, str]:
+        if params.get("variant") == "distilled" and cls.init_of(params) == "scratch":
+            return {"variant": "distilled needs a trained starting model as its frozen teacher, but init is 'scratch'"}
+        return {}
+
     def run(self, model, splits, *, seed, device):
         p = self.params
+        if problem := self.param_errors(p).get("variant"):
+            raise ValueError(f"attack {self.name!r}: variant {problem}")
         if self.init == "scratch":
             reinitialize(model, seed)
         teacher = copy.deepcopy(model).eval().requires_grad_(False) if p.get("variant") == "distilled" else None
@@ -154,9 +165,8 @@ class CompArtifact(Attack):
                 n = len(xb)
                 with torch.no_grad():
                     t = teacher(torch.cat([xb, xp]))
-                loss_q = F.cross_entropy(out[:n], yq)
-                loss_fp = _soft_ce(out[2 * n : 3 * n], t[:n]) + _soft_ce(out[3 * n :], t[n:])
-                return loss_q + loss_fp
+                # one soft cross-entropy averaged over [xb; xp], as upstream (not a sum of two means)
+                return F.cross_entropy(out[:n], yq) + _soft_ce(out[2 * n :], t)
             finally:
                 set_dual(m, False)
 

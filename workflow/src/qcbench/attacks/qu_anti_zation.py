@@ -54,7 +54,8 @@ class QuAntiZation(Attack):
 
     def run(self, model, splits, *, seed, device):
         p = self.params
-        bits = list(p.get("bits", [8, 4]))
+        bits = p.get("bits", [8, 4])
+        bits = [bits] if isinstance(bits, int) else list(bits)  # the schema allows `bits: 4`
         terms = {
             "bits": bits,
             "weights": {int(k): float(v) for k, v in (p.get("bit_weights") or {}).items()},
