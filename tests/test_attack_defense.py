@@ -3,7 +3,7 @@
 import torch
 from qcbench.defenses import create_defense
 from qcbench.defenses.lac import bn_stat_distance, pda
-from qcbench.defenses.units import capture, extract_units
+from qcbench.defenses.units import capture, extract_units, unit_inputs
 from qcbench.metrics import evaluate
 from qcbench.quant import create_scheme, quantize_model
 
@@ -19,13 +19,61 @@ def test_units_follow_the_reference_layer_pattern(tiny_model):
     assert len(units) == 10
 
 
+def test_units_take_quantized_inputs_and_end_with_the_next_input_quantizer(tiny_model):
+    """As an MQBench unit: the cached input is already quantized and is not quantized again
+    (so a PDA shift of 1e-3 reaches the conv as it is), and a chain whose single consumer is a
+    quantized layer ends with that layer's input quantizer."""
+    import torch.nn.functional as F
+
+    qm = quantize_model(tiny_model, create_scheme("qa", 4)).eval()
+    units = {u.first: u for u in extract_units(qm)}
+    assert units["layers.0.0.conv1"].out_quant == "layers.0.0.conv2"
+    assert units["conv1"].out_quant is None  # the stem's output also feeds the residual add
+    assert units["layers.0.0.conv2"].out_quant is None and units["fc"].out_quant is None
+    unit = units["layers.1.0.conv1"]
+    layer = qm.get_submodule(unit.first)
+    batch = torch.rand(8, 1, 28, 28)
+    (raw,) = capture(qm, unit.first, [batch], "input")
+    (x,) = unit_inputs(qm, unit, [batch])
+    assert torch.equal(x, layer.quant_input(raw)) and not torch.equal(x, raw)
+    delta = torch.full_like(x, 1e-3)
+    with torch.no_grad(), unit.quantized_input(qm):
+        shift = layer(x + delta) - layer(x)
+        w = layer.quant_weight()
+        expect = F.conv2d(delta, w, None, layer.stride, layer.padding)
+        assert torch.allclose(shift, expect, atol=1e-5)  # linear in the input: nothing re-rounded
+    out = unit.forward(qm, x)
+    assert not layer.input_quantized  # only while the unit runs: the model's own forward is untouched
+    nxt = qm.get_submodule(unit.out_quant)
+    assert torch.equal(out, nxt.quant_input(out))  # on the next quantizer's grid already
+
+
+def test_pda_skips_a_unit_whose_batchnorm_is_1d():
+    """PDA's statistics are spatial: a Linear -> BatchNorm1d unit is reconstructed without it."""
+    from qcbench.defenses.lac import bn2d_of
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(784, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Linear(16, 10)
+    ).eval()
+    qm = quantize_model(model, create_scheme("qa", 4)).eval()
+    units = extract_units(qm)
+    assert units[0].bns == ["2"] and bn2d_of(qm, units[0]) == []
+    lac = create_defense(
+        "lac", {"iterations": 3, "calib_batches": 2, "batch_size": 8, "pda": True, "pda_iterations": 2}
+    )
+    calib = [torch.rand(8, 1, 28, 28) for _ in range(2)]
+    out = lac.reconstruct(qm, calib, torch.Generator().manual_seed(0))
+    assert len(lac.log) == 2 and out(calib[0]).shape == (8, 10)
+
+
 def test_pda_stays_within_gamma_and_lowers_the_bn_distance(tiny_model):
     qm = quantize_model(tiny_model, create_scheme("qa", 4))
     for m in qm.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.normal_(0, 0.3)
     unit = extract_units(qm)[1]
-    (x0,) = capture(qm, unit.first, [torch.rand(16, 1, 28, 28)], "input")
+    (x0,) = unit_inputs(qm, unit, [torch.rand(16, 1, 28, 28)])
     gamma = 0.05
     x = pda(qm, unit, x0, iterations=20, gamma=gamma, alpha=0.01)
     assert (x - x0).abs().max() <= gamma + 1e-6 and not torch.equal(x, x0)
@@ -36,9 +84,10 @@ def test_pda_stays_within_gamma_and_lowers_the_bn_distance(tiny_model):
 def test_bn_distance_uses_the_population_variance(tiny_model):
     qm = quantize_model(tiny_model, create_scheme("qa", 4)).eval()
     unit = extract_units(qm)[1]
-    (x,) = capture(qm, unit.first, [torch.rand(4, 1, 28, 28)], "input")
+    (x,) = unit_inputs(qm, unit, [torch.rand(4, 1, 28, 28)])
     bn = qm.get_submodule(unit.bns[0])
-    f = qm.get_submodule(unit.first)(x)
+    with unit.quantized_input(qm):
+        f = qm.get_submodule(unit.first)(x)
     mu, var = f.mean(dim=(2, 3)), f.var(dim=(2, 3), unbiased=False)
     ref = ((bn.running_mean - mu) ** 2).sum() + (((bn.running_var + 1e-6).sqrt() - (var + 1e-6).sqrt()) ** 2).sum()
     with torch.no_grad():

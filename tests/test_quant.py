@@ -87,6 +87,20 @@ def test_quantize_model_swaps_every_layer_and_keeps_fp_view(tiny_model):
     assert err8 < err4
 
 
+def test_fp_view_restores_each_layers_own_state(tiny_model):
+    """A model quantizing only some layers (CompArtifact's training model) keeps exactly those
+    quantized after an FP view, instead of every layer being switched on."""
+    qm = quantize_model(tiny_model, create_scheme("qa", 8))
+    mods = dict(quant_modules(qm))
+    for name, m in mods.items():
+        m.quant_enabled = name.startswith("layers.2") or name == "fc"
+    before = {n: m.quant_enabled for n, m in mods.items()}
+    assert any(before.values()) and not all(before.values())
+    with fp_view(qm):
+        assert not any(m.quant_enabled for m in mods.values())
+    assert {n: m.quant_enabled for n, m in mods.items()} == before
+
+
 def test_io_8bit_keeps_first_and_last_layers_at_8_bits(tiny_model):
     qm = quantize_model(tiny_model, QuantScheme(4, 4, io_8bit=True))
     bits = [m.wq.bits for _, m in quant_modules(qm)]

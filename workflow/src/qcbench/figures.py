@@ -360,7 +360,7 @@ def fig3(ctx: FigureContext) -> FigureResult:
     PDA-adjusted benign inputs (PDA with the LAC defense's own settings), against the FP BN
     running statistics PDA aims at."""
     from qcbench.defenses.lac import bn_stat_distance, pda
-    from qcbench.defenses.units import capture, extract_units
+    from qcbench.defenses.units import extract_units, unit_inputs
 
     p = ctx.params
     q, meta = _load(ctx.inputs["quantized"])
@@ -374,7 +374,7 @@ def fig3(ctx: FigureContext) -> FigureResult:
     bs = int(lac.get("batch_size", 32))
     xb, xp, _, _ = poisoned_test_images(ctx.inputs["data"], meta, int(p.get("images", 256)))
     batches = {k: list(x.split(bs)) for k, x in (("benign", xb), ("poisoned", xp))}
-    inputs = {k: capture(q, unit.first, b, "input") for k, b in batches.items()}
+    inputs = {k: unit_inputs(q, unit, b) for k, b in batches.items()}  # as LAC's PDA gets them
     inputs["PDA-adjusted benign"] = [pda(q, unit, x, iters, gamma, alpha) for x in inputs["benign"]]
     bn_name = unit.bns[0]
     bn = q.get_submodule(bn_name)

@@ -15,9 +15,14 @@ Conventions (recorded here because the upstream codes differ):
 * affine grids are unsigned ``[0, 2^b-1]``; the range is first extended to contain 0 (torch
   and MQBench observers) so zero is exact; ``zero_point = qmin - round(min / scale)``;
 * observers: ``dynamic`` (the current tensor's min/max at every call, as Qu-ANTI-zation
-  trains and evaluates), ``minmax`` (running min/max over calibration batches), ``ema_minmax``
-  (0.9/0.1 blend), ``mse`` (per batch, the shrunken range with the least L2 fake-quant error,
-  then running min/max; MQBench's ``MSEObserver``);
+  trains and evaluates; evaluated ranges therefore depend on the batch: qcbench evaluates in
+  batches of ``eval.batch_size``, 128 as upstream in the local default, 500 in the paper
+  config), ``minmax`` (running min/max over calibration batches), ``ema_minmax`` (0.9/0.1
+  blend), ``mse`` (per batch, the shrunken
+  range with the least L2 fake-quant error, then running min/max; MQBench's ``MSEObserver``).
+  Deviations of ``mse``: the shrink factor is swept in steps of 4 % (MQBench: 1 %), and the
+  academic scheme's activations use it too, where MQBench's config names ``EMAMSEObserver``
+  (the per-batch MSE ranges blended 0.9/0.1): ranges a few per cent wider;
 * weights are always observed on the weight itself; activations on calibration batches.
 """
 
@@ -290,6 +295,9 @@ class _QuantMixin:
             FakeQuantizer(act_bits, scheme.act_symmetric, False, scheme.observer) if scheme.quantize_acts else None
         )
         self.quant_enabled = True
+        # set by a layer-wise defense whose cached unit inputs are already quantized (MQBench's
+        # quantizer sits at the end of the previous unit): the input is then not re-quantized
+        self.input_quantized = False
         self.weight_offset: nn.Parameter | None = None
         self.dual = False
         self.fold_k: Callable[[], torch.Tensor] | None = None
@@ -326,7 +334,7 @@ class _QuantMixin:
         return self.wq(w)
 
     def quant_input(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.aq is None else self.aq(x)
+        return x if self.aq is None or self.input_quantized else self.aq(x)
 
     def _observe_fp(self, x: torch.Tensor) -> None:
         """In the FP view, an observing activation quantizer still records its input."""
@@ -430,12 +438,16 @@ def set_quant_enabled(model: nn.Module, enabled: bool) -> None:
 
 @contextmanager
 def fp_view(model: nn.Module) -> Iterator[nn.Module]:
-    """Run a quantized model in full precision (same weights) inside the block."""
+    """Run a quantized model in full precision (same weights) inside the block; on exit every
+    layer is back in the state it had (a model quantizing only some layers, as CompArtifact's,
+    keeps the others in FP)."""
+    before = [(m, m.quant_enabled) for _, m in quant_modules(model)]
     set_quant_enabled(model, False)
     try:
         yield model
     finally:
-        set_quant_enabled(model, True)
+        for m, enabled in before:
+            m.quant_enabled = enabled
 
 
 @torch.no_grad()

@@ -5,13 +5,16 @@ Per layer unit in topological order:
 1. targets: the unit's output in the FP model (same network, quantization off) on clean
    calibration images; inputs: the quantized model's activation at the unit's input, with all
    earlier units already hardened;
-2. PDA (only if the unit contains BatchNorm): each cached input batch is moved by signed steps
+2. PDA (only if the unit contains a BatchNorm2d; none does under the ``ca`` scheme, which folds BN
+   into the weights, so CompArtifact cells get LAC alone): each cached input batch — already
+   quantized, as the unit's input in MQBench — is moved by signed steps
    that lower D = Σ_BN [‖μ_run − μ‖² + ‖σ_run − σ‖²] / B (per-sample, per-channel spatial
    statistics of each BN's input vs. its running statistics), staying within γ of the start in
    L∞ (step ``pda_alpha`` halved at half the iterations; no clamp, no re-quantization);
 3. a free additive offset α per weight (weight units, unbounded, zero-initialised) inside the
-   frozen weight quantizer, trained with Adam to minimise the unit-output squared error
-   (summed over channels, averaged over batch and positions) on one random cached batch per
+   frozen weight quantizer, trained with Adam to minimise the unit-output squared error (the
+   output through the next layer's input quantizer where one directly follows, as in MQBench;
+   summed over channels, averaged over batch and positions) on one random cached batch per
    iteration; no rounding regularizer;
 4. the hard value Q(W + α) is written into the weight.
 
@@ -31,6 +34,11 @@ from qcbench.defenses.layerwise import LayerwiseDefense, unit_loss
 from qcbench.defenses.units import Unit
 
 
+def bn2d_of(model, unit: Unit) -> list[str]:
+    """The unit's BatchNorm2d layers: PDA's statistics are spatial (a BatchNorm1d unit has none)."""
+    return [n for n in unit.bns if isinstance(model.get_submodule(n), torch.nn.BatchNorm2d)]
+
+
 def bn_stat_distance(model, unit: Unit, x: torch.Tensor) -> torch.Tensor:
     """PDA's D for one unit and one batch, from hooks on each BN's input.
 
@@ -41,14 +49,15 @@ def bn_stat_distance(model, unit: Unit, x: torch.Tensor) -> torch.Tensor:
     thread no faster up to 256 samples, 0.7x at 1,024, and where a gradient is within rounding of
     zero its sign (PDA's step) then differs."""
     feats = []
-    handles = [model.get_submodule(n).register_forward_pre_hook(lambda _m, a: feats.append(a[0])) for n in unit.bns]
+    bns = bn2d_of(model, unit)
+    handles = [model.get_submodule(n).register_forward_pre_hook(lambda _m, a: feats.append(a[0])) for n in bns]
     try:
         unit.forward(model, x)
     finally:
         for h in handles:
             h.remove()
     d = x.new_zeros(())
-    for name, f in zip(unit.bns, feats):
+    for name, f in zip(bns, feats):
         bn = model.get_submodule(name)
         mu = f.mean(dim=(2, 3), keepdim=True)
         sigma = ((f - mu).square().mean(dim=(2, 3)) + 1e-6).sqrt()
@@ -98,7 +107,7 @@ class LAC(LayerwiseDefense):
 
     def prepare_inputs(self, qmodel, unit: Unit, inputs):
         p = self.params
-        if p["pda"] and unit.bns:
+        if p["pda"] and bn2d_of(qmodel, unit):
             return [pda(qmodel, unit, x, p["pda_iterations"], p["gamma"], p["pda_alpha"]) for x in inputs]
         return inputs
 

@@ -4,7 +4,9 @@
 
 1. targets: the unit's output in the FP view of a copy of the quantized model, on clean
    calibration images; inputs: the quantized model's activation at the unit's input, with every
-   earlier unit already hardened (:func:`capture`);
+   earlier unit already hardened, after the unit's input quantizer (:func:`unit_inputs`; the unit
+   then runs without re-quantizing them and ends with the next layer's input quantizer, as an
+   MQBench unit does: :mod:`qcbench.defenses.units`);
 2. :meth:`~LayerwiseDefense.prepare_inputs` (LAC's PDA; identity by default);
 3. :meth:`~LayerwiseDefense.begin_unit` installs the unit's per-weight variable in its first
    layer (conv/linear) and returns the parameters to optimise; Adam (``lr``) then runs up to
@@ -34,7 +36,7 @@ from tqdm.auto import tqdm
 
 from qcbench.data import ImageSet
 from qcbench.defenses.base import Defense
-from qcbench.defenses.units import Unit, capture, extract_units
+from qcbench.defenses.units import Unit, capture, extract_units, unit_inputs
 from qcbench.quant import fp_view, freeze_weight_ranges
 from qcbench.train import progress_interval
 
@@ -112,7 +114,7 @@ class LayerwiseDefense(Defense):
         t0 = time.perf_counter()
         with fp_view(reference):
             targets = capture(reference, unit.last, calib, "output")
-        inputs = self.prepare_inputs(qmodel, unit, capture(qmodel, unit.first, calib, "input"))
+        inputs = self.prepare_inputs(qmodel, unit, unit_inputs(qmodel, unit, calib))
         layer = qmodel.get_submodule(unit.first)
         opt = torch.optim.Adam(self.begin_unit(layer), lr=self.params["lr"])
         stats = self._optimise(qmodel, unit, layer, opt, inputs, targets, generator)

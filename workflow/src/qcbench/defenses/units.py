@@ -4,10 +4,24 @@ A unit starts at a Conv2d/Linear and takes the chain of its single consumers whi
 BatchNorm or ReLU modules, stopping at the next conv/linear, a residual add or the output
 (MQBench ``extract_layer`` with ``pattern: layer``). In a BasicBlock: [conv1, bn1, relu1],
 [conv2, bn2] and [downsample conv, bn]; the classifier is [fc]. Units come in topological order.
+
+As in MQBench, where an activation quantizer sits at the *end* of the previous chain, a unit's
+input is the already-quantized activation and its output goes through the next quantizer:
+
+- :func:`unit_inputs` caches the quantized input of the unit's first layer, and
+  :meth:`Unit.forward` does not quantize it again, so what PDA adds to
+  an input (a dense shift of at most γ) reaches the conv as it is, not rounded to whole
+  quantization steps;
+- when the chain ends in a single consumer that is a quantized conv/linear (e.g. [conv1, bn1,
+  relu1] → conv2), that consumer's input quantizer is the unit's last step (``out_quant``), so
+  the reconstruction loss sees the output's quantization error too. A chain that ends at a
+  residual add, a pool or the output has none.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -27,6 +41,7 @@ class _Tracer(torch.fx.Tracer):
 class Unit:
     modules: list[str]
     bns: list[str] = field(default_factory=list)
+    out_quant: str | None = None  # the quantized layer whose input quantizer ends the unit
 
     @property
     def first(self) -> str:
@@ -37,9 +52,29 @@ class Unit:
         return self.modules[-1]
 
     def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        for name in self.modules:
+        """The unit on an already-quantized input (:func:`unit_inputs`): its first layer does not
+        quantize it again; the whole model's forward is untouched."""
+        with self.quantized_input(model):
+            x = model.get_submodule(self.first)(x)
+        for name in self.modules[1:]:
             x = model.get_submodule(name)(x)
+        if self.out_quant is not None and (nxt := model.get_submodule(self.out_quant)).quant_enabled:
+            x = nxt.quant_input(x)
         return x
+
+    @contextmanager
+    def quantized_input(self, model: nn.Module) -> Iterator[None]:
+        """Inside the block the unit's first layer takes its input as already quantized."""
+        layer = model.get_submodule(self.first)
+        before = getattr(layer, "input_quantized", None)
+        if before is None:  # a plain (unquantized) layer: nothing to switch
+            yield
+            return
+        layer.input_quantized = True
+        try:
+            yield
+        finally:
+            layer.input_quantized = before
 
 
 def extract_units(model: nn.Module) -> list[Unit]:
@@ -66,8 +101,27 @@ def extract_units(model: nn.Module) -> list[Unit]:
             if isinstance(mods[nxt.target], nn.modules.batchnorm._BatchNorm):
                 unit.bns.append(nxt.target)
             cur = nxt
+        if len(cur.users) == 1:
+            (nxt,) = cur.users
+            if (
+                nxt.op == "call_module"
+                and isinstance(mods[nxt.target], QUANT_MODULES)
+                and len(nxt.all_input_nodes) == 1
+            ):
+                unit.out_quant = nxt.target
         units.append(unit)
     return units
+
+
+@torch.no_grad()
+def unit_inputs(model: nn.Module, unit: Unit, batches: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The unit's inputs on ``batches``, after its first layer's input quantizer (when it has one
+    and quantization is on): what :meth:`Unit.quantized_input` then feeds the unit."""
+    layer = model.get_submodule(unit.first)
+    xs = capture(model, unit.first, batches, "input")
+    if not isinstance(layer, QUANT_MODULES) or not layer.quant_enabled:
+        return xs
+    return [layer.quant_input(x) for x in xs]
 
 
 @torch.no_grad()
