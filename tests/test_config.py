@@ -73,7 +73,8 @@ def test_shipped_configs_are_valid():
         ),
         (
             lambda c: c["attacks"]["compartifact4"].update(variant="distilled", init="scratch"),
-            r"'attacks.compartifact4.variant': distilled needs a trained starting model as its frozen teacher",
+            r"'attacks.compartifact4.variant': distilled, whose starting model is its frozen teacher, but init "
+            r"is 'scratch'",
         ),
         # an attack named only by an init is checked like a listed one
         (

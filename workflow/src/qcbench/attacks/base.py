@@ -65,6 +65,12 @@ class Attack(abc.ABC):
         config check reports them before any job runs; :meth:`run` may refuse the same)."""
         return {}
 
+    def check_params(self) -> None:
+        """Refuse, naming the attack, the first problem :meth:`param_errors` reports (for an
+        attack run outside the workflow, whose config check would have caught it)."""
+        for key, problem in self.param_errors(self.params).items():
+            raise ValueError(f"attack {self.name!r}: {key} is {problem}")
+
     def cross_ratio(self) -> float:
         """WaNet's noise mode (config ``cross_ratio``, default 0): noise-mode copies with true
         labels per poisoned sample. Refused, naming the attack, for a trigger without ``noise``."""

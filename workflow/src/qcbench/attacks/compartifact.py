@@ -125,13 +125,12 @@ class CompArtifact(Attack):
     @classmethod
     def param_errors(cls, params: dict) -> dict[str, str]:
         if params.get("variant") == "distilled" and cls.init_of(params) == "scratch":
-            return {"variant": "distilled needs a trained starting model as its frozen teacher, but init is 'scratch'"}
+            return {"variant": "distilled, whose starting model is its frozen teacher, but init is 'scratch'"}
         return {}
 
     def run(self, model, splits, *, seed, device):
         p = self.params
-        if problem := self.param_errors(p).get("variant"):
-            raise ValueError(f"attack {self.name!r}: variant {problem}")
+        self.check_params()
         if self.init == "scratch":
             reinitialize(model, seed)
         teacher = copy.deepcopy(model).eval().requires_grad_(False) if p.get("variant") == "distilled" else None

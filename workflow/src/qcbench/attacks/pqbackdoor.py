@@ -164,8 +164,7 @@ class PQBackdoor(Attack):
         return {}
 
     def run(self, model, splits, *, seed, device):
-        if problem := self.param_errors(self.params).get("stage1"):
-            raise ValueError(f"attack {self.name!r}: stage1 is {problem}")
+        self.check_params()
         if self.init == "scratch":
             reinitialize(model, seed)
         gen = torch.Generator().manual_seed(seed + 1)
