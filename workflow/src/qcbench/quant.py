@@ -115,7 +115,9 @@ def _pq_tensor(bits: int) -> QuantScheme:
 @register_scheme("ca")
 def _ca(bits: int) -> QuantScheme:
     """CompArtifact's deployment (PyTorch PTQ after fusion): per-tensor symmetric min/max
-    weights (max/127.5) on BN-folded weights, per-tensor affine calibrated activations."""
+    weights (max/127.5) on BN-folded weights, per-tensor affine calibrated activations. Deviation,
+    recorded: activations use min/max ranges where PyTorch's default qconfig uses a
+    HistogramObserver; the real backends (``evaluate_backend``, 8-bit cells) use torch's own."""
     return QuantScheme(bits, bits, observer="minmax", fold_bn=True, symmetric_range="half")
 
 
