@@ -166,3 +166,54 @@ def test_fit_without_channels_last_is_deterministic(tiny_model, tiny_splits, one
     a, b = tiny_model, copy.deepcopy(tiny_model)
     assert _fit(a, data, channels_last=False) == _fit(b, data, channels_last=False)
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_autocast_dtype_modes(monkeypatch):
+    import qcbench.train as tr
+
+    assert tr.autocast_dtype("fp32", "cpu") is None
+    assert tr.autocast_dtype("bf16", "cpu") is torch.bfloat16
+    monkeypatch.setattr(tr, "bf16_native", lambda device: False)
+    assert tr.autocast_dtype("auto", "cpu") is None  # emulated bf16 is slower: stay in float32
+    monkeypatch.setattr(tr, "bf16_native", lambda device: True)
+    assert tr.autocast_dtype("auto", "cpu") is torch.bfloat16
+    with pytest.raises(ValueError, match=r"amp is 'fp16', not one of"):
+        tr.autocast_dtype("fp16", "cpu")
+
+
+def test_fit_with_bf16_autocast_keeps_float32_state_and_learns(tiny_splits, one_torch_thread):
+    """bf16 autocast: the convolutions run in bfloat16, the weights, gradients and the returned model
+    stay float32, a float32 region inside the loss stays float32, and the loss still falls."""
+    from qcbench.train import float32_region
+
+    data = ImageSet(tiny_splits.train.x[:512], tiny_splits.train.y[:512])
+    torch.manual_seed(0)
+    m = tiny_splits.meta
+    model = create_model("resnet_tiny", m["num_classes"], m["in_channels"], m["mean"], m["std"], width=8)
+    seen = {}
+
+    def loss_fn(mod, x, y):
+        with float32_region(x):
+            seen["region"] = F.conv2d(x, torch.ones(1, x.shape[1], 3, 3)).dtype
+        logits = mod(x)
+        seen["logits"] = logits.dtype
+        return F.cross_entropy(logits, y)
+
+    hist = fit(
+        model, data, loss_fn, epochs=3, batch_size=64, optimizer={"name": "adam", "lr": 2e-3}, seed=0, amp="bf16"
+    )
+    assert seen == {"region": torch.float32, "logits": torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in model.state_dict().values() if p.is_floating_point())
+    assert hist[-1] < 0.8 * hist[0]
+    assert torch.is_autocast_enabled("cpu") is False  # nothing leaks out of fit
+
+
+def test_fit_refuses_autocast_on_a_fake_quantized_model(tiny_model, tiny_splits):
+    """bf16's 8-bit mantissa is as coarse as the int8 grid a simulated quantizer models."""
+    from qcbench.quant import create_scheme, quantize_model
+
+    q = quantize_model(tiny_model, create_scheme("qa", 8))
+    data = ImageSet(tiny_splits.train.x[:64], tiny_splits.train.y[:64])
+    with pytest.raises(ValueError, match=r"amp is 'bf16': mixed precision is for full-precision training only"):
+        _fit(q, data, amp="bf16")
+    _fit(q, data, amp="fp32")  # the default path still trains it

@@ -41,6 +41,11 @@ def test_shipped_configs_are_valid():
             r"'attacks.qu_anti_zation.cross_ratio': attack method 'qu_anti_zation' does not read it "
             r"\(read by: badnets, pqbackdoor\)",
         ),
+        (  # bf16 autocast is for full-precision training: the quantized attacks do not take it
+            lambda c: c["attacks"]["qu_anti_zation"].update(amp="bf16"),
+            r"'attacks.qu_anti_zation.amp': attack method 'qu_anti_zation' does not read it \(read by: badnets\)",
+        ),
+        (lambda c: c["clean"]["fashion_mnist"].update(amp="fp16"), r"'clean.fashion_mnist.amp': value 'fp16'"),
         (
             lambda c: c["attacks"]["compartifact4"].update(lock_bits=[8]),
             r"'attacks.compartifact4.lock_bits': attack method 'compartifact' does not read it \(read by: pqbackdoor\)",

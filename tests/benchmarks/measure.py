@@ -76,7 +76,7 @@ def plain_loop(model, x_u8: torch.Tensor, y: torch.Tensor, steps: int, batch_siz
     return steps * batch_size / (time.perf_counter() - t0)
 
 
-def fit_loop(model, data, steps: int, batch_size: int, lr: float, channels_last=False):
+def fit_loop(model, data, steps: int, batch_size: int, lr: float, channels_last=False, amp="fp32"):
     from qcbench.data import ImageSet
     from qcbench.train import fit
 
@@ -91,6 +91,7 @@ def fit_loop(model, data, steps: int, batch_size: int, lr: float, channels_last=
         optimizer={"name": "adam", "lr": lr},
         seed=0,
         channels_last=channels_last,
+        amp=amp,
         desc="bench",
     )
     return len(sub) / (time.perf_counter() - t0)
@@ -103,14 +104,19 @@ def train_loop(splits, steps: int = 40, batch_size: int = 128, rounds: int = 5, 
     the four variants (fit / plain, contiguous / channels-last) in a rotated order, so a slow spell
     of the machine (a step's time varies by +-10 % here from one minute to the next) does not
     always fall on the same side. ``ratio`` is the project's loop as the local default runs its
-    clean training (``clean.<dataset>.channels_last`` of config/local.yaml) against the minimal
-    loop; ``ratio_contiguous`` and ``ratio_both_channels_last`` compare like with like."""
+    clean training (``clean.<dataset>.channels_last`` and ``amp`` of config/local.yaml: bf16
+    autocast where the CPU runs it natively) against the minimal float32 loop;
+    ``ratio_contiguous`` and ``ratio_both_channels_last`` compare like with like."""
     data = splits.train
     n = steps * batch_size
     x, y = data.x[:n], data.y[:n]
     clean_cfg = local_config()["clean"].get(splits.meta.get("dataset", "fashion_mnist"), {})
     configured_cl = bool(clean_cfg.get("channels_last", False))
+    configured_amp = clean_cfg.get("amp", "fp32")
     variants = {
+        "fit_configured": lambda: fit_loop(
+            _model(splits.meta), data, steps, batch_size, lr, channels_last=configured_cl, amp=configured_amp
+        ),
         "plain": lambda: plain_loop(_model(splits.meta), x, y, steps, batch_size, lr),
         "fit": lambda: fit_loop(_model(splits.meta), data, steps, batch_size, lr),
         "fit_cl": lambda: fit_loop(_model(splits.meta), data, steps, batch_size, lr, channels_last=True),
@@ -125,13 +131,18 @@ def train_loop(splits, steps: int = 40, batch_size: int = 128, rounds: int = 5, 
     def ratio(a: str, b: str) -> float:
         return _median([p / q for p, q in zip(res[a], res[b])])
 
-    headline = ratio("fit_cl" if configured_cl else "fit", "plain")
+    from qcbench.train import autocast_dtype
+
+    headline = ratio("fit_configured", "plain")
     return {
         "steps": steps,
         "batch_size": batch_size,
         "threads": torch.get_num_threads(),
         "rounds": rounds,
         "configured_channels_last": configured_cl,
+        "configured_amp": configured_amp,
+        "autocast": str(autocast_dtype(configured_amp, "cpu") or "none"),
+        "images_per_s_fit_configured": _median(res["fit_configured"]),
         "images_per_s_fit": _median(res["fit"]),
         "images_per_s_fit_channels_last": _median(res["fit_cl"]),
         "images_per_s_plain": _median(res["plain"]),

@@ -17,6 +17,7 @@ from qcbench.defenses import create_defense
 from qcbench.metrics import evaluate as evaluate_model
 from qcbench.models import create_model
 from qcbench.quant import calibrate, create_scheme, quantize_model
+from qcbench.train import bf16_native
 from qcbench.train import train_clean as _train_clean
 from qcbench.triggers import create_trigger
 
@@ -77,7 +78,8 @@ def train_clean(cfg: dict, dataset: str, arch: str, seed: int, data: str, out: s
     model = _new_model(meta, device)
     t0 = time.perf_counter()
     history = _train_clean(model, splits.train, cfg["clean"][dataset], seed, device)
-    io.save_model(model, out, meta | {"stage": "train_clean", "wall_s": time.perf_counter() - t0, "loss": history})
+    run = {"stage": "train_clean", "wall_s": time.perf_counter() - t0, "loss": history}
+    io.save_model(model, out, meta | run | {"bf16_native": bf16_native(device)})
 
 
 def run_attack(
@@ -100,7 +102,8 @@ def run_attack(
     atk.name = attack
     t0 = time.perf_counter()
     model = atk.run(model, splits, seed=seed, device=device)
-    io.save_model(model, out, meta | {"stage": "attack", "attack": atk.describe(), "wall_s": time.perf_counter() - t0})
+    run = {"stage": "attack", "attack": atk.describe(), "wall_s": time.perf_counter() - t0}
+    io.save_model(model, out, meta | run | {"bf16_native": bf16_native(device)})
 
 
 def scheme_for(cfg: dict, meta: dict, bits: int):

@@ -6,7 +6,8 @@ It targets no particular quantizer: its cells use ``quant.default_scheme``.
 
 ``cross_ratio`` (default 0) is WaNet's noise mode for triggers that have one (``noise``): after
 the poisoned samples, ``cross_ratio`` times as many are replaced by noise-mode copies that keep
-their true labels (the reference's ``cross_ratio = 2``)."""
+their true labels (the reference's ``cross_ratio = 2``). ``amp`` trains under bfloat16 autocast
+(:func:`qcbench.train.fit`); the trigger is stamped in float32."""
 
 from __future__ import annotations
 
@@ -17,12 +18,12 @@ import torch.nn.functional as F
 
 from qcbench.attacks.base import Attack, register_attack, reinitialize
 from qcbench.data import augment
-from qcbench.train import fit, stage_kwargs
+from qcbench.train import fit, float32_region, stage_kwargs
 
 
 @register_attack("badnets")
 class BadNets(Attack):
-    config_keys = frozenset({"poison_rate", "cross_ratio"})
+    config_keys = frozenset({"poison_rate", "cross_ratio", "amp"})
     scheme = None
 
     def run(self, model, splits, *, seed, device):
@@ -35,8 +36,9 @@ class BadNets(Attack):
 
         def loss_fn(m, x, y):
             k = max(1, math.ceil(rate * len(y)))  # batches are shuffled: the first k are a random subset
-            noisy = self.noise_copies(x, k, gen)
-            x = torch.cat([self.trigger(x[:k]), noisy, x[k + len(noisy) :]])
+            with float32_region(x):
+                noisy = self.noise_copies(x, k, gen)
+                x = torch.cat([self.trigger(x[:k]), noisy, x[k + len(noisy) :]])
             y = torch.cat([torch.full_like(y[:k], self.target), y[k:]])
             if aug:
                 x = augment(x, gen, **aug)
