@@ -14,6 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from qcbench.data import ImageSet, augment
+from qcbench.triggers.base import float32_region  # noqa: F401  (re-exported: a float32 block inside fit's autocast)
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -79,12 +80,6 @@ def autocast_dtype(amp: str, device: torch.device | str) -> torch.dtype | None:
     if amp == "bf16" or (amp == "auto" and bf16_native(device)):
         return torch.bfloat16
     return None
-
-
-def float32_region(x: torch.Tensor):
-    """A block that runs in float32 inside :func:`fit`'s autocast: triggers (WaNet's grid sample,
-    the input-aware generator's convolutions) stamp the same images in training as in evaluation."""
-    return torch.autocast(x.device.type, enabled=False)
 
 
 def _has_quantizers(model: nn.Module) -> bool:

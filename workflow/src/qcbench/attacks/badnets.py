@@ -7,7 +7,7 @@ It targets no particular quantizer: its cells use ``quant.default_scheme``.
 ``cross_ratio`` (default 0) is WaNet's noise mode for triggers that have one (``noise``): after
 the poisoned samples, ``cross_ratio`` times as many are replaced by noise-mode copies that keep
 their true labels (the reference's ``cross_ratio = 2``). ``amp`` trains under bfloat16 autocast
-(:func:`qcbench.train.fit`); the trigger is stamped in float32."""
+(:func:`qcbench.train.fit`); triggers stamp in float32 (``qcbench.triggers.base.float32_region``)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from qcbench.attacks.base import Attack, register_attack, reinitialize
 from qcbench.data import augment
-from qcbench.train import fit, float32_region, stage_kwargs
+from qcbench.train import fit, stage_kwargs
 
 
 @register_attack("badnets")
@@ -36,9 +36,8 @@ class BadNets(Attack):
 
         def loss_fn(m, x, y):
             k = max(1, math.ceil(rate * len(y)))  # batches are shuffled: the first k are a random subset
-            with float32_region(x):
-                noisy = self.noise_copies(x, k, gen)
-                x = torch.cat([self.trigger(x[:k]), noisy, x[k + len(noisy) :]])
+            noisy = self.noise_copies(x, k, gen)
+            x = torch.cat([self.trigger(x[:k]), noisy, x[k + len(noisy) :]])
             y = torch.cat([torch.full_like(y[:k], self.target), y[k:]])
             if aug:
                 x = augment(x, gen, **aug)

@@ -51,7 +51,7 @@ from torch import nn
 from qcbench.attacks.base import BUILT_IN_INITS, Attack, register_attack, reinitialize
 from qcbench.data import augment
 from qcbench.quant import qrange
-from qcbench.train import fit, float32_region, stage_kwargs, steps_per_epoch
+from qcbench.train import fit, stage_kwargs, steps_per_epoch
 
 
 def _reduce_dims(w: torch.Tensor, per_channel: bool):
@@ -200,9 +200,8 @@ class PQBackdoor(Attack):
             nonlocal steps
             k = max(1, int(len(y) * poison))  # floor, as upstream's len // 64
             xc = augment(x, gen, **s1["augmentation"]) if s1.get("augmentation") else x
-            with float32_region(x):  # the trigger as evaluation stamps it, under stage 1's `amp`
-                noisy = self.noise_copies(x, k, gen)  # WaNet's noise mode: true labels
-                xb = torch.cat([xc, self.trigger(x[:k]), noisy])
+            noisy = self.noise_copies(x, k, gen)  # WaNet's noise mode: true labels
+            xb = torch.cat([xc, self.trigger(x[:k]), noisy])
             yb = torch.cat([y, torch.full_like(y[:k], self.target), y[k : k + len(noisy)]])
             loss = F.cross_entropy(m(xb), yb)
             steps += 1
@@ -220,9 +219,7 @@ class PQBackdoor(Attack):
 
         def loss_fn(m, x, y):
             xc = augment(x, gen, **s2["augmentation"]) if s2.get("augmentation") else x
-            with float32_region(x):
-                xt = self.trigger(x)
-            return F.cross_entropy(m(torch.cat([xc, xt])), torch.cat([y, y]))
+            return F.cross_entropy(m(torch.cat([xc, self.trigger(x)])), torch.cat([y, y]))
 
         fit(
             model,

@@ -29,3 +29,10 @@ def pixels(fraction: float, image_size: int, minimum: int = 0) -> int:
 def check_images(x: torch.Tensor) -> None:
     if x.ndim != 4 or not x.is_floating_point():
         raise ValueError(f"triggers take float images (N, C, H, W) in [0, 1]; got {x.dtype} of shape {tuple(x.shape)}")
+
+
+def float32_region(x: torch.Tensor):
+    """A block that runs in float32 even inside an autocast (``qcbench.train.fit``'s ``amp``): the
+    triggers whose stamping uses autocast ops (WaNet's grid sample, the input-aware generator's
+    convolutions) run in it, so training stamps the same images as evaluation."""
+    return torch.autocast(x.device.type, enabled=False)

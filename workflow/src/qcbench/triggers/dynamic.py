@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from qcbench.triggers.base import check_images, register_trigger, seeded_generator
+from qcbench.triggers.base import check_images, float32_region, register_trigger, seeded_generator
 
 
 @register_trigger("input_aware")
@@ -72,7 +72,8 @@ class InputAwareTrigger:
         return pattern.to(x.dtype), mask.to(x.dtype)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        pattern, mask = self.pattern_and_mask(x)
+        with float32_region(x):
+            pattern, mask = self.pattern_and_mask(x)
         return (x * (1 - mask) + pattern * mask).clamp_(0.0, 1.0)
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from qcbench.triggers.base import check_images, register_trigger, seeded_generator
+from qcbench.triggers.base import check_images, float32_region, register_trigger, seeded_generator
 
 
 @register_trigger("wanet")
@@ -55,7 +55,8 @@ class WaNetTrigger:
         if x.shape[-2:] != (self.image_size, self.image_size):
             raise ValueError(f"wanet built for {self.image_size}px images, got {tuple(x.shape[-2:])}")
         grid = self.grid.to(x).expand(x.shape[0], -1, -1, -1)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True).clamp_(0.0, 1.0)
+        with float32_region(x):
+            return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True).clamp_(0.0, 1.0)
 
     def noise(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
         """WaNet's noise mode: the backdoor grid plus a fresh per-sample, per-pixel offset uniform in
@@ -65,4 +66,5 @@ class WaNetTrigger:
         n, h = x.shape[0], self.image_size
         offset = torch.rand((n, h, h, 2), generator=gen) * 2 - 1
         grid = (self.grid.expand(n, -1, -1, -1) + offset / h).clamp(-1, 1).to(x)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True).clamp_(0.0, 1.0)
+        with float32_region(x):
+            return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True).clamp_(0.0, 1.0)
