@@ -174,3 +174,39 @@ def test_badnets_cross_ratio_needs_a_trigger_with_a_noise_mode(tiny_splits, tiny
         assert "cross_ratio 2 needs a trigger with a noise mode" in str(err) and "'badnets'" in str(err)
     else:
         raise AssertionError("cross_ratio with a blended trigger was accepted")
+
+
+def test_precise_bn_sets_running_statistics_to_the_mean_over_the_batches():
+    """Cumulative re-estimation: each BN's running mean is the mean of its per-batch input means
+    (equal-size batches), training's stale statistics are gone, weights and mode are untouched."""
+    from qcbench.train import precise_bn
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).eval()
+    m[1].running_mean.fill_(5.0)
+    m[1].running_var.fill_(9.0)
+    weights = copy.deepcopy(m[0].weight.detach())
+    batches = [torch.rand(16, 1, 8, 8) + i for i in range(3)]
+    precise_bn(m, batches)
+    with torch.no_grad():
+        feats = [m[0](b) for b in batches]
+    want_mean = torch.stack([f.mean(dim=(0, 2, 3)) for f in feats]).mean(0)
+    want_var = torch.stack([f.var(dim=(0, 2, 3), unbiased=True) for f in feats]).mean(0)
+    assert torch.allclose(m[1].running_mean, want_mean, atol=1e-5)
+    assert torch.allclose(m[1].running_var, want_var, atol=1e-5)
+    assert not m.training and m[1].momentum == 0.1 and torch.equal(m[0].weight, weights)
+
+
+def test_badnets_precise_bn_changes_only_the_batchnorm_statistics(tiny_splits, tiny_model):
+    """Same seed with and without ``precise_bn``: identical weights (the re-estimation runs after
+    training and draws from its own generator), different running statistics, backdoor intact."""
+    params = {"target": 2, "trigger": {"name": "badnets", "size": 0.1875}, "epochs": 2, "batch_size": 64,
+              "poison_rate": 0.1, "optimizer": {"name": "adam", "lr": 3e-3}}  # fmt: skip
+    plain = create_attack("badnets", params, 28).run(copy.deepcopy(tiny_model), tiny_splits, seed=0, device="cpu")
+    attack = create_attack("badnets", params | {"precise_bn": 4}, 28)
+    precise = attack.run(copy.deepcopy(tiny_model), tiny_splits, seed=0, device="cpu")
+    a, b = plain.state_dict(), precise.state_dict()
+    stats = {k for k in a if k.endswith(("running_mean", "running_var"))}
+    assert stats and all(torch.equal(a[k], b[k]) for k in a if k not in stats and not k.endswith("num_batches_tracked"))
+    assert any(not torch.equal(a[k], b[k]) for k in stats)
+    assert evaluate(precise, tiny_splits.test, attack.trigger, 2)["asr"] > 80

