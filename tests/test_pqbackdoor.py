@@ -210,3 +210,20 @@ def test_stage1_noise_mode_adds_warped_copies_with_true_labels(monkeypatch):
     patch = {"name": "patch", "size": 0.25, "margin": 0.0, "value": 1.0}
     with pytest.raises(ValueError, match="cross_ratio 2 needs a trigger with a noise mode"):
         _stage1_batch(monkeypatch, {"trigger": patch, "cross_ratio": 2})
+
+
+def test_folding_bn_keeps_per_channel_codes_and_changes_per_tensor_ones():
+    """Why `pqbackdoor_x86` (per-channel locks) survives the x86 backend's conv-BN fusion and the
+    per-tensor variant does not: folding multiplies each output channel by gamma / sigma > 0, which
+    scales that channel's symmetric max-abs scale by the same factor (codes kept) while the tensor's
+    single scale follows only the largest channel (codes of the others move)."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(16, 8, 3, 3, generator=g)
+    fold = torch.empty(16).uniform_(0.3, 3.0, generator=g).view(-1, 1, 1, 1)  # gamma / sigma > 0
+    c_pc, _ = _codes_and_scales(w, 8, per_channel=True)
+    c_pc_folded, _ = _codes_and_scales(w * fold, 8, per_channel=True)
+    # equal but for float rounding at a tie: at most a stray element, never a code off by more than 1
+    assert (c_pc != c_pc_folded).sum() <= 2 and (c_pc - c_pc_folded).abs().max() <= 1
+    c_pt, _ = _codes_and_scales(w, 8, per_channel=False)
+    c_pt_folded, _ = _codes_and_scales(w * fold, 8, per_channel=False)
+    assert (c_pt != c_pt_folded).float().mean() > 0.5  # most codes move (86 % here)

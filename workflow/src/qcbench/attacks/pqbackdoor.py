@@ -37,7 +37,8 @@ for CPU budgets; upstream trains from scratch (``init: scratch``, the default). 
 with ``init: <attack>`` skips stage 1: the named attack's FP model (an ordinary backdoor with the
 same trigger and target, trained once for its own table) *is* the stage-1 model, and only
 stage 2 runs (qcbench option; the local default's WaNet PQBackdoor reuses the ``wanet``
-backdoor, which needs three epochs and WaNet's noise mode to take without breaking the model).
+backdoor, which needs two full epochs, WaNet's noise mode and precise BN to take without breaking
+the model).
 """
 
 from __future__ import annotations
