@@ -505,4 +505,5 @@ def table8(ctx: TableContext) -> list[Block]:
 
 # table modules register on import (the table rule's wildcard lists TABLES.names())
 from qcbench import ablations as _ablations  # noqa: E402,F401  (registers tables 4, 5, 7, 9, 10, 12)
+from qcbench import verdicts as _verdicts  # noqa: E402,F401  (registers the verdicts table)
 from qcbench.detection import table as _detection_table  # noqa: E402,F401  (registers the detection table)

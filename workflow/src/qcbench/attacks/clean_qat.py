@@ -27,6 +27,9 @@ from qcbench.quant import fp_view, set_bits
 class CleanQAT(QuAntiZation):
     """Qu-ANTI-zation's training (:meth:`QuAntiZation.run`) with the trigger-free objective."""
 
+    #: a clean model, not a QCB (the ``verdicts`` table leaves it out)
+    plants_backdoor = False
+
     def objective(self, m, x, y, *, bits, weights, c1, c2, aug, gen):
         if aug:
             x = augment(x, gen, **aug)
