@@ -83,6 +83,33 @@ def test_cells_follow_run_ablations_and_default_to_run_datasets():
     assert table_spec(CONFIG, "table7")["datasets"] == ["fashion_mnist"]
 
 
+def test_settings_pair_datasets_with_archs_instead_of_every_combination():
+    """Table 3's cells: the CNNs on one dataset, the ViT on another (not ViT on CIFAR-10)."""
+    pairs = [{"dataset": "cifar10", "arch": "resnet_tiny"}, {"dataset": "fashion_mnist", "arch": "resnet18"}]
+    entry = {"settings": pairs, "attacks": ["pq"], "bits": [4], "defenses": ["lac"], "seeds": [0]}
+    cfg = {**CONFIG, "run": {**CONFIG["run"], "ablations": ["table3"]}, "ablations": {"table3": entry}}
+    spec = table_spec(cfg, "table3")
+    assert spec["settings"] == [("cifar10", "resnet_tiny"), ("fashion_mnist", "resnet18")]
+    assert spec["datasets"] == ["cifar10", "fashion_mnist"] and spec["archs"] == ["resnet_tiny", "resnet18"]
+    cells = ablation_cells(cfg)
+    assert {c.split("/")[1] + "/" + c.split("/")[2] for c in cells} == {"cifar10/resnet_tiny", "fashion_mnist/resnet18"}
+    assert len(cells) == 2 * 3  # FP, 4-bit none, 4-bit lac per setting
+    assert table_spec(CONFIG, "table4")["settings"] == [("fashion_mnist", "resnet_tiny")]  # default: the combinations
+
+
+def test_config_names_a_bad_setting():
+    cfg = load_config(ROOT / "config/local.yaml")
+    cfg["ablations"]["table4"]["settings"] = [{"dataset": "svhn", "arch": "resnet_tiny"},
+                                              {"dataset": "fashion_mnist", "arch": "resnet99"}]  # fmt: skip
+    cfg["ablations"]["table4"]["archs"] = ["resnet_tiny"]
+    with pytest.raises(ConfigError) as err:
+        check_config(cfg, workdir=ROOT)
+    msg = str(err.value)
+    assert "ablations.table4.settings.0.dataset" in msg and "'svhn'" in msg
+    assert "ablations.table4.settings.1.arch" in msg and "'resnet99'" in msg
+    assert "either settings or datasets/archs" in msg
+
+
 def test_table4_gamma_rows_with_paper_values_and_missing_cells():
     rows = [_row("pq", 8, "none", 88.0, 95.0), _row("pq", 8, "none", 80.0, 90.0, seed=1),
             _row("pq", 8, "lac_g1e-4", 84.0, 12.0)]  # fmt: skip
@@ -141,8 +168,10 @@ def test_shipped_configs_define_every_ablation_and_fig2():
     tables = {"table4", "table5", "table7", "table9", "table10", "table12", "triggers"}
     for files in [(ROOT / "config/local.yaml",), (ROOT / "config/local.yaml", ROOT / "config/config.yaml")]:
         cfg = check_config(load_config(*files), workdir=ROOT)
-        # both the local default and the paper config build every table (issues #3, #4)
-        assert set(cfg["ablations"]) == tables and set(cfg["run"]["ablations"]) == tables
+        # both the local default and the paper config build every table (issues #3, #4); the paper
+        # config also builds Tables 2, 3 and 11 on Tiny-ImageNet, other archs and ImageNette
+        want = tables | ({"table2", "table3", "table11"} if len(files) == 2 else set())
+        assert set(cfg["ablations"]) == want and set(cfg["run"]["ablations"]) == want
         assert len(table_spec(cfg, "table5")["seeds"]) >= 3
         assert cfg["figures"]["fig2"]["attack"] in cfg["attacks"]
         lac = cfg["defenses"]["lac"]

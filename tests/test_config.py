@@ -17,6 +17,8 @@ def test_shipped_configs_are_valid():
     check_config(load_config(ROOT / "config" / "local.yaml"), workdir=ROOT)
     check_config(load_config(ROOT / "config" / "local.yaml", ROOT / "config" / "config.yaml"), workdir=ROOT)
     assert schema_errors(load_config(ROOT / "config" / "local.yaml", ROOT / "tests" / "tiny" / "config.yaml")) == []
+    gtsrb = load_config(*(ROOT / "config" / f for f in ("local.yaml", "config.yaml", "gtsrb.yaml")))
+    assert check_config(gtsrb, workdir=ROOT)["run"]["datasets"] == ["cifar10", "gtsrb"]
 
 
 @pytest.mark.parametrize(

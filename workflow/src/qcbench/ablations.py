@@ -39,9 +39,13 @@ from qcbench.report import (
 )
 
 TABLES = ("table4", "table5", "table7", "table9", "table10", "table12", "triggers")
+#: tables rendered by qcbench.report from the collated metrics whose cells outside the main run
+#: (other datasets or architectures) an ``ablations:`` entry may still name: Table 2
+#: (Tiny-ImageNet), Table 3 (architectures), Table 11 (ImageNette)
+CELL_TABLES = ("table2", "table3", "table11")
 SPEC_KEYS = ("datasets", "archs", "attacks", "bits", "defenses", "seeds")
 # image side per dataset, only to print a patch trigger's size in pixels
-IMAGE_SIZES = {"fashion_mnist": 28, "cifar10": 32}
+IMAGE_SIZES = {"fashion_mnist": 28, "cifar10": 32, "gtsrb": 32, "tinyimagenet": 64, "imagenette": 224}
 
 
 # -- cells -----------------------------------------------------------------------------------
@@ -55,6 +59,14 @@ def table_spec(cfg: Mapping, table: str) -> dict | None:
     # an explicitly empty list stays empty (e.g. `defenses: []`); only an absent key takes run's
     spec = {k: list(entry[k] if entry.get(k) is not None else run.get(k) or []) for k in SPEC_KEYS}
     spec["defenses"] = [d for d in spec["defenses"] if d != "none"]
+    # (dataset, arch) pairs: ``settings`` when given (e.g. Table 3's CNNs on CIFAR-10 and its ViT
+    # on ImageNette), else every combination of datasets and archs
+    if entry.get("settings"):
+        spec["settings"] = [(s["dataset"], s["arch"]) for s in entry["settings"]]
+        spec["datasets"] = list(dict.fromkeys(d for d, _ in spec["settings"]))
+        spec["archs"] = list(dict.fromkeys(a for _, a in spec["settings"]))
+    else:
+        spec["settings"] = [(d, a) for d in spec["datasets"] for a in spec["archs"]]
     return spec
 
 
@@ -70,17 +82,16 @@ def ablation_cells(cfg: Mapping, fp_defenses=()) -> list[str]:
     defense in ``fp_defenses`` also gets its purified FP model's row)."""
     out: list[str] = []
     for spec in ablation_specs(cfg).values():
-        for ds in spec["datasets"]:
-            for arch in spec["archs"]:
-                for seed in spec["seeds"]:
-                    for atk in spec["attacks"]:
-                        base = f"results/{ds}/{arch}/{atk}"
-                        out.append(f"{base}/w32/none/seed{seed}/metrics.parquet")
-                        out += [f"{base}/w32/{d}/seed{seed}/metrics.parquet" for d in spec["defenses"]
-                                if d in fp_defenses]  # fmt: skip
-                        for bits in spec["bits"]:
-                            for d in ["none", *spec["defenses"]]:
-                                out.append(f"{base}/w{bits}/{d}/seed{seed}/metrics.parquet")
+        for ds, arch in spec["settings"]:
+            for seed in spec["seeds"]:
+                for atk in spec["attacks"]:
+                    base = f"results/{ds}/{arch}/{atk}"
+                    out.append(f"{base}/w32/none/seed{seed}/metrics.parquet")
+                    out += [f"{base}/w32/{d}/seed{seed}/metrics.parquet" for d in spec["defenses"]
+                            if d in fp_defenses]  # fmt: skip
+                    for bits in spec["bits"]:
+                        for d in ["none", *spec["defenses"]]:
+                            out.append(f"{base}/w{bits}/{d}/seed{seed}/metrics.parquet")
     return list(dict.fromkeys(out))
 
 
@@ -93,10 +104,27 @@ def config_errors(cfg: Mapping) -> list[str]:
     for i, t in enumerate((cfg.get("run") or {}).get("ablations") or []):
         if t not in abl:
             out.append(f"config key 'run.ablations.{i}': table {t!r} has no entry under 'ablations'")
+    from qcbench.models import MODELS
+
     for t, entry in abl.items():
         for i, ds in enumerate((entry or {}).get("datasets") or []):
             if ds not in cfg["data"]["sources"]:
                 out.append(f"config key 'ablations.{t}.datasets.{i}': no data source for {ds!r}")
+        for i, s in enumerate((entry or {}).get("settings") or []):
+            if s["dataset"] not in cfg["data"]["sources"]:
+                out.append(f"config key 'ablations.{t}.settings.{i}.dataset': no data source for {s['dataset']!r}")
+            if s["arch"] not in MODELS:
+                out.append(f"config key 'ablations.{t}.settings.{i}.arch': unknown arch {s['arch']!r}; "
+                           f"registered: {MODELS.names()}")  # fmt: skip
+        for i, arch in enumerate((entry or {}).get("archs") or []):
+            if arch not in MODELS:
+                out.append(f"config key 'ablations.{t}.archs.{i}': unknown arch {arch!r}; registered: {MODELS.names()}")
+        if entry and entry.get("settings") and (entry.get("datasets") or entry.get("archs")):
+            out.append(f"config key 'ablations.{t}': give either settings or datasets/archs, not both")
+    for t, spec in ablation_specs(cfg).items():  # the tables `all` builds train clean models there
+        for ds in spec["datasets"]:
+            if ds not in (cfg.get("clean") or {}) and ds not in (cfg.get("run") or {}).get("datasets", []):
+                out.append(f"config key 'clean': no training settings for dataset {ds!r} (ablations.{t})")
     fig2 = (cfg.get("figures") or {}).get("fig2")
     if fig2:
         if (cfg["defenses"].get("lac") or {}).get("method") != "lac":
@@ -128,9 +156,8 @@ def _pick(df: pd.DataFrame, **keys) -> pd.DataFrame:
 
 
 def _settings(ctx: TableContext, table: str, spec: dict):
-    for ds in spec["datasets"]:
-        for arch in spec["archs"]:
-            yield ds, arch, reference_setting(ctx, table.upper().replace("TABLE", "T"), ds, arch)
+    for ds, arch in spec.get("settings") or [(d, a) for d in spec["datasets"] for a in spec["archs"]]:
+        yield ds, arch, reference_setting(ctx, table.upper().replace("TABLE", "T"), ds, arch)
 
 
 def _note(ds: str, arch: str, ref: tuple[str, str]) -> str:

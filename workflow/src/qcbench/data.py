@@ -13,8 +13,9 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,6 +117,208 @@ def load_cifar10(path: str, download: bool = False, verify_md5: bool = True, **_
     )
 
 
+# Image-folder datasets. The papers' settings (LAC, EFRAP): GTSRB 32x32, Tiny-ImageNet 64x64, ImageNette 224x224.
+
+
+def _rgb(path: str | Path):
+    """An image file as an RGB PIL image (grayscale JPEGs become three equal channels)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def _fit(im, size: int, crop: bool) -> torch.Tensor:
+    """An RGB PIL image as uint8 (3, size, size): stretched to size x size or, with ``crop``, its shorter
+    side scaled to ``size`` and the centre cropped. Pillow's bilinear filter widens with the scale
+    factor when shrinking, so downscaling is antialiased."""
+    import numpy as np
+    from PIL import Image
+
+    w, h = im.size
+    if crop:
+        s = size / min(w, h)
+        im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.Resampling.BILINEAR)
+        left, top = (im.width - size) // 2, (im.height - size) // 2
+        im = im.crop((left, top, left + size, top + size))
+    elif (w, h) != (size, size):
+        im = im.resize((size, size), Image.Resampling.BILINEAR)
+    return torch.from_numpy(np.array(im)).permute(2, 0, 1)
+
+
+def _decode(
+    n: int, item: Callable[[int], tuple], size: int, crop: bool, desc: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images ``item(i) -> (RGB PIL image, label)`` for i < n, decoded one at a time into a preallocated
+    uint8 (n, 3, size, size) tensor (see ``_fit``), with their int64 labels; progress on stderr."""
+    from tqdm.auto import tqdm
+
+    x, y = torch.empty((n, 3, size, size), dtype=torch.uint8), torch.empty(n, dtype=torch.int64)
+    interval = 2.0 if sys.stderr.isatty() else 30.0  # as qcbench.train.progress_interval
+    for i in tqdm(range(n), desc=desc, unit="img", file=sys.stderr, mininterval=interval, leave=False):
+        try:
+            im, y[i] = item(i)
+        except DataSourceError:
+            raise
+        except OSError as err:  # unreadable or missing image: PIL's message names the file
+            raise DataSourceError(f"{desc}: image {i}: {err}") from err
+        x[i] = _fit(im, size, crop)
+    return x, y
+
+
+GTSRB_CLASSES = 43
+
+
+def _gtsrb_split(path: str, split: str, download: bool, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from torchvision.datasets import GTSRB
+
+    base = Path(path) / "gtsrb"
+    folder = base / "GTSRB" / ("Training" if split == "train" else "Final_Test/Images")
+    csv = base / "GT-final_test.csv"
+    try:
+        ds = GTSRB(path, split=split, download=download)
+    except (RuntimeError, OSError) as err:  # folder or CSV absent, a class folder without .ppm files
+        raise DataSourceError(f"GTSRB {split} split not found: need {folder} ({err})") from err
+    except (KeyError, TypeError, ValueError) as err:  # DictReader rows without Filename/ClassId
+        raise DataSourceError(f"{csv}: malformed ({err!r}); need ';'-separated Filename...ClassId rows") from err
+    numbers = None
+    if split == "train":  # torchvision's class index (rank among sorted folder names) -> the folder's number
+        names = sorted(d.name for d in folder.iterdir() if d.is_dir())
+        bad = [n for n in names if not (n.isdigit() and int(n) < GTSRB_CLASSES)]
+        if bad:
+            raise DataSourceError(f"{folder}: class folders {bad} are not GTSRB classes 00000..00042")
+        numbers = [int(n) for n in names]
+
+    def item(i: int):
+        where = str(folder) if numbers is not None else f"{csv}, line {i + 2}"  # line 1 is the header
+        try:
+            im, label = ds[i]
+        except OSError as err:
+            raise DataSourceError(f"{where}: cannot read the image: {err}") from err
+        if numbers is not None:
+            return im, numbers[label]
+        if not 0 <= label < GTSRB_CLASSES:
+            raise DataSourceError(f"{where}: ClassId {label} is not a GTSRB class (0..{GTSRB_CLASSES - 1})")
+        return im, label
+
+    return _decode(len(ds), item, image_size, crop=False, desc=f"gtsrb {split}")
+
+
+@register_dataset("gtsrb")
+def load_gtsrb(path: str, download: bool = False, image_size: int = 32, **_) -> RawSplits:
+    """GTSRB (43 classes) through ``torchvision.datasets.GTSRB``, in its layout under ``path``:
+
+    - train: ``gtsrb/GTSRB/Training/<class, 5 digits>/*.ppm`` (each folder also has ``GT-<class>.csv``);
+    - test: ``gtsrb/GTSRB/Final_Test/Images/*.ppm``, labelled by ``gtsrb/GT-final_test.csv``
+      (``;``-separated: Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId).
+
+    Every image (whole, ROI ignored) is resized to ``image_size`` x ``image_size`` (default 32, as in
+    BackdoorBench, LAC and EFRAP), bilinear with antialiasing. Training labels are the class folders'
+    numbers (torchvision numbers the folders present in sorted order, which agrees only when all 43 are
+    there). ``download`` lets torchvision fetch the official archives when the folders are absent.
+    """
+    return (*_gtsrb_split(path, "train", download, image_size), *_gtsrb_split(path, "test", download, image_size))
+
+
+def _jpegs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpeg", ".jpg")) if folder.is_dir() else []
+
+
+@register_dataset("tinyimagenet")
+def load_tinyimagenet(path: str, download: bool = False, image_size: int = 64, **_) -> RawSplits:
+    """Tiny-ImageNet-200 as unpacked from ``tiny-imagenet-200.zip`` into ``path``:
+
+    - ``tiny-imagenet-200/wnids.txt``: the 200 wnids, one a line; class index = line order;
+    - train: ``tiny-imagenet-200/train/<wnid>/images/*.JPEG``;
+    - test (the val split, as in the papers): ``tiny-imagenet-200/val/images/*.JPEG``, labelled by
+      ``tiny-imagenet-200/val/val_annotations.txt`` (tab-separated: filename, wnid, x, y, w, h).
+
+    Images are 64x64 (grayscale ones become RGB); other ``image_size`` values (default 64, as in LAC
+    and EFRAP) resize them, bilinear with antialiasing. Not downloadable: ``download`` must be false.
+    """
+    root = Path(path) / "tiny-imagenet-200"
+    if download:
+        raise DataSourceError(
+            f"Tiny-ImageNet has no download support: unpack tiny-imagenet-200.zip into {path} (giving {root}) "
+            "and set download: false"
+        )
+    wnids_file = root / "wnids.txt"
+    if not wnids_file.is_file():
+        raise DataSourceError(
+            f"Tiny-ImageNet not found: {wnids_file} is missing; unpack tiny-imagenet-200.zip into {path}"
+        )
+    wnids = [w.strip() for w in wnids_file.read_text().splitlines() if w.strip()]
+    index = {w: i for i, w in enumerate(wnids)}
+    if not wnids or len(index) < len(wnids):
+        raise DataSourceError(f"{wnids_file}: lists no wnids, or one twice")
+    train: list[tuple[Path, int]] = []
+    for w in wnids:
+        files = _jpegs(root / "train" / w / "images")
+        if not files:
+            raise DataSourceError(
+                f"Tiny-ImageNet: no .JPEG images in {root / 'train' / w / 'images'} ({w} is listed in {wnids_file})"
+            )
+        train += [(f, index[w]) for f in files]
+    extra = sorted({d.name for d in (root / "train").iterdir() if d.is_dir()} - index.keys())
+    if extra:
+        raise DataSourceError(f"{root / 'train'}: class folders {extra} are not listed in {wnids_file}")
+    ann = root / "val" / "val_annotations.txt"
+    if not ann.is_file():
+        raise DataSourceError(f"Tiny-ImageNet validation labels not found: {ann} is missing")
+    test: list[tuple[Path, int]] = []
+    for n, line in enumerate(ann.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) < 2 or fields[1] not in index:
+            raise DataSourceError(f"{ann}, line {n}: wnid {fields[1:2]} is not listed in {wnids_file}")
+        if not (root / "val" / "images" / fields[0]).is_file():
+            raise DataSourceError(f"{ann}, line {n}: image {root / 'val' / 'images' / fields[0]} does not exist")
+        test.append((root / "val" / "images" / fields[0], index[fields[1]]))
+    if not test:
+        raise DataSourceError(f"{ann} lists no images")
+    xtr, ytr = _decode(len(train), lambda i: (_rgb(train[i][0]), train[i][1]), image_size, False, "tinyimagenet train")
+    xte, yte = _decode(len(test), lambda i: (_rgb(test[i][0]), test[i][1]), image_size, False, "tinyimagenet val")
+    return xtr, ytr, xte, yte
+
+
+IMAGENETTE_FOLDERS = {"full": "imagenette2", "320px": "imagenette2-320", "160px": "imagenette2-160"}
+
+
+@register_dataset("imagenette")
+def load_imagenette(path: str, download: bool = False, size: str = "320px", image_size: int = 224, **_) -> RawSplits:
+    """ImageNette (10 ImageNet classes) through ``torchvision.datasets.Imagenette``, in its layout under
+    ``path``: ``imagenette2`` (``size`` full), ``imagenette2-320`` (320px, the default) or ``imagenette2-160``
+    (160px), each with ``train/<wnid>/*.JPEG`` and ``val/<wnid>/*.JPEG``; val is the test split. Class
+    index = the wnid's rank among the sorted class folders (torchvision's rule; train and val must agree).
+
+    Each image (RGB) has its shorter side resized to ``image_size`` (default 224, as in LAC and EFRAP),
+    bilinear with antialiasing, then the centre ``image_size`` x ``image_size`` is cropped. ``download``
+    lets torchvision fetch the archive of ``size`` when its folder is absent.
+    """
+    from torchvision.datasets import Imagenette
+
+    if size not in IMAGENETTE_FOLDERS:
+        raise ValueError(f"ImageNette size {size!r}: expected one of {sorted(IMAGENETTE_FOLDERS)}")
+    folder = Path(path) / IMAGENETTE_FOLDERS[size]
+    sets = {}
+    for split in ("train", "val"):
+        try:
+            sets[split] = Imagenette(path, split=split, size=size, download=download and split == "train")
+        except (RuntimeError, OSError) as err:  # folder absent, no class folders, a class without .JPEG files
+            raise DataSourceError(
+                f"ImageNette ({size}) {split} split not found: need {folder / split} ({err})"
+            ) from err
+        except KeyError as err:  # torchvision's wnid -> class-name table
+            raise DataSourceError(f"{folder / split}: class folder {err} is not an ImageNette wnid") from err
+    if sets["train"].wnids != sets["val"].wnids:
+        raise DataSourceError(f"{folder}: train and val have different class folders, so their class indices differ")
+    out: list[torch.Tensor] = []
+    for split, ds in sets.items():
+        out += _decode(len(ds), ds.__getitem__, image_size, crop=True, desc=f"imagenette {split}")
+    return tuple(out)
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -131,6 +334,26 @@ def defender_indices(n_train: int, fraction: float, seed: int) -> torch.Tensor:
     return torch.randperm(n_train, generator=g)[:k].sort().values
 
 
+def _channel_stats(x: torch.Tensor, limit: int = 1 << 28) -> tuple[list[float], list[float]]:
+    """Per-channel mean and (sample) std of uint8 images in [0, 1] units. Up to ``limit`` values, as
+    one float32 tensor (the numbers every prepared Fashion-MNIST / CIFAR-10 cache holds); above it
+    (Tiny-ImageNet, ImageNette at 224 px: 5-6 GB as float32) in chunks, accumulated in float64."""
+    if x.numel() <= limit:
+        xf = x.float() / 255.0
+        return xf.mean(dim=(0, 2, 3)).tolist(), xf.std(dim=(0, 2, 3)).tolist()
+    c = x.shape[1]
+    total, sq, n = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64), 0
+    step = max(1, limit // (x[0].numel() * 8))
+    for i in range(0, len(x), step):
+        chunk = x[i : i + step].double() / 255.0
+        total += chunk.sum(dim=(0, 2, 3))
+        sq += chunk.pow(2).sum(dim=(0, 2, 3))
+        n += chunk.numel() // c
+    mean = total / n
+    var = (sq - n * mean.pow(2)) / (n - 1)
+    return mean.tolist(), var.clamp_min(0).sqrt().tolist()
+
+
 def prepare_dataset(name: str, source: dict, out_path: str | Path, fraction: float, seed: int) -> dict:
     """Load ``name`` from ``source`` and write the cached tensors + ``data.json`` atomically."""
     from safetensors.torch import save_file
@@ -138,14 +361,14 @@ def prepare_dataset(name: str, source: dict, out_path: str | Path, fraction: flo
     xtr, ytr, xte, yte = DATASETS.create(name, **source)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    xf = xtr.float() / 255.0
+    mean, std = _channel_stats(xtr)
     meta = {
         "dataset": name,
         "num_classes": int(max(ytr.max(), yte.max()) + 1),
         "in_channels": int(xtr.shape[1]),
         "image_size": int(xtr.shape[2]),
-        "mean": xf.mean(dim=(0, 2, 3)).tolist(),
-        "std": xf.std(dim=(0, 2, 3)).tolist(),
+        "mean": mean,
+        "std": std,
         "n_train": int(len(ytr)),
         "n_test": int(len(yte)),
         "defender_fraction": fraction,

@@ -97,7 +97,12 @@ def build_model(meta: dict) -> nn.Module:
     from qcbench.quant import QuantScheme, quantize_model
 
     model = create_model(
-        meta["arch"], meta["num_classes"], meta["in_channels"], meta["mean"], meta["std"], **meta.get("arch_kwargs", {})
+        meta["arch"],
+        meta["num_classes"],
+        meta["in_channels"],
+        meta["mean"],
+        meta["std"],
+        **{"image_size": meta.get("image_size"), **meta.get("arch_kwargs", {})},
     )
     if meta.get("scheme"):
         model = quantize_model(model, QuantScheme.from_dict(meta["scheme"]))

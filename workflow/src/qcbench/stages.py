@@ -67,7 +67,12 @@ def _base_meta(cfg: dict, splits, dataset: str, arch: str, seed: int) -> dict:
 def _new_model(meta: dict, device) -> torch.nn.Module:
     """A freshly initialised model of ``meta``'s architecture (see :func:`_base_meta`)."""
     return create_model(
-        meta["arch"], meta["num_classes"], meta["in_channels"], meta["mean"], meta["std"], **meta["arch_kwargs"]
+        meta["arch"],
+        meta["num_classes"],
+        meta["in_channels"],
+        meta["mean"],
+        meta["std"],
+        **{"image_size": meta.get("image_size"), **meta["arch_kwargs"]},
     ).to(device)
 
 
