@@ -108,6 +108,14 @@ def test_config_names_a_bad_setting():
     assert "ablations.table4.settings.0.dataset" in msg and "'svhn'" in msg
     assert "ablations.table4.settings.1.arch" in msg and "'resnet99'" in msg
     assert "either settings or datasets/archs" in msg
+    cfg["ablations"]["table4"] = {
+        **cfg["ablations"]["table5"],
+        "settings": [{"dataset": "fashion_mnist", "arch": "vit"}],
+    }
+    with pytest.raises(
+        ConfigError, match=r"config key 'archs': no entry for 'vit' \(used by ablations.table4.settings.0"
+    ):
+        check_config(cfg, workdir=ROOT)
 
 
 def test_table4_gamma_rows_with_paper_values_and_missing_cells():

@@ -73,3 +73,17 @@ def test_same_seed_twice_gives_identical_metrics(tmp_path):
     a, b = frames
     assert a[["ba", "asr", "asr_all"]].equals(b[["ba", "asr", "asr_all"]])
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+
+
+def test_asking_for_an_unlisted_runtime_names_the_config_key(tmp_path):
+    """A registered real int8 runtime that eval.backends does not list is refused when planning,
+    with the key to change (not Snakemake's bare "No rule to produce")."""
+    write_idx(tmp_path / "tiny_fmnist", n_train=200, n_test=100)
+    target = "results/fashion_mnist/resnet_tiny/qu_anti_zation/w8/none/seed0/metrics.torch_x86_nofuse.parquet"
+    out = subprocess.run(snakemake_cmd(tmp_path, "-n", target), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "config key 'eval.backends': 'torch_x86_nofuse' is not listed" in out.stdout + out.stderr
+    listed = load_config(*TINY_CONFIGS)["eval"]["backends"][0]
+    ok = subprocess.run(snakemake_cmd(tmp_path, "-n", target.replace("torch_x86_nofuse", listed)), cwd=ROOT,
+                        capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr[-2000:]

@@ -12,6 +12,7 @@ except ImportError:  # a checkout without the package installed
     sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "src"))
 
 from qcbench.ablations import ablation_cells
+from qcbench.backends import BACKENDS
 from qcbench.attacks import cell_bits, init_source
 from qcbench.config import ConfigError, check_config
 from qcbench.defenses import is_fp_defense
@@ -56,11 +57,24 @@ wildcard_constraints:
     bits=r"\d+",
     defense=_alt(["none", *config["defenses"]]),
     seed=r"\d+",
-    backend=_alt(config["eval"].get("backends", [])) or "(?!)",
+    # every registered runtime: one not in eval.backends fails in configured_backend (below) with
+    # a message naming the key, instead of Snakemake's bare "No rule to produce"
+    backend=_alt(BACKENDS.names()),
 
 
 def data_file(wc):
     return f"resources/data/{wc.dataset}/data.safetensors"
+
+
+def configured_backend(wc):
+    """No input; refuses a real int8 runtime the config does not list (asked for by path)."""
+    listed = config["eval"].get("backends", [])
+    if wc.backend not in listed:
+        raise ValueError(
+            f"config key 'eval.backends': {wc.backend!r} is not listed (listed: {listed}); "
+            f"add it there to evaluate 8-bit cells with that runtime"
+        )
+    return []
 
 
 def fp_model(wc):

@@ -27,6 +27,7 @@ rule evaluate:
 # beside the simulated 8-bit cell: backend = the runtime in metrics.parquet.
 rule evaluate_backend:
     input:
+        configured_backend,
         data=data_file,
         fp=fp_model,
     output:

@@ -113,12 +113,15 @@ def config_errors(cfg: Mapping) -> list[str]:
         for i, s in enumerate((entry or {}).get("settings") or []):
             if s["dataset"] not in cfg["data"]["sources"]:
                 out.append(f"config key 'ablations.{t}.settings.{i}.dataset': no data source for {s['dataset']!r}")
-            if s["arch"] not in MODELS:
-                out.append(f"config key 'ablations.{t}.settings.{i}.arch': unknown arch {s['arch']!r}; "
-                           f"registered: {MODELS.names()}")  # fmt: skip
-        for i, arch in enumerate((entry or {}).get("archs") or []):
+        archs = [
+            (f"ablations.{t}.settings.{i}.arch", s["arch"]) for i, s in enumerate((entry or {}).get("settings") or [])
+        ]
+        archs += [(f"ablations.{t}.archs.{i}", a) for i, a in enumerate((entry or {}).get("archs") or [])]
+        for key, arch in archs:
             if arch not in MODELS:
-                out.append(f"config key 'ablations.{t}.archs.{i}': unknown arch {arch!r}; registered: {MODELS.names()}")
+                out.append(f"config key '{key}': unknown arch {arch!r}; registered: {MODELS.names()}")
+            elif arch not in (cfg.get("archs") or {}):
+                out.append(f"config key 'archs': no entry for {arch!r} (used by {key}; {{}} for its defaults)")
         if entry and entry.get("settings") and (entry.get("datasets") or entry.get("archs")):
             out.append(f"config key 'ablations.{t}': give either settings or datasets/archs, not both")
     for t, spec in ablation_specs(cfg).items():  # the tables `all` builds train clean models there

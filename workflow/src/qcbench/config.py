@@ -102,6 +102,8 @@ def semantic_errors(cfg: dict, workdir: str | Path = ".") -> list[str]:
     for i, arch in enumerate(run["archs"]):
         if arch not in MODELS:
             out.append(f"config key 'run.archs.{i}': unknown arch {arch!r}; registered: {MODELS.names()}")
+        elif arch not in (cfg.get("archs") or {}):
+            out.append(f"config key 'archs': no entry for {arch!r} (listed in run.archs; {{}} for its defaults)")
     named = _named(cfg, "attacks")
     seen = {name for _, name in named}
     for key, name in named:  # grows by the attacks named in an `init` (their models are built too)
