@@ -67,13 +67,17 @@ def test_table1_keeps_to_the_main_run_and_lists_the_papers_other_rows():
             _row("lac", 8, 50.0, 50.0, seed=2, der=50.0),  # Table 5's third seed
             _row("lac_only", 8, 70.0, 9.0, der=80.0),  # Table 5's LAC alone
             _row("none", 8, 60.0, 1.0, attack="clean_qat"),  # Table 9's clean QAT model
+            _row("none", 8, 61.0, 77.0) | {"arch": "vit", "dataset": "imagenette"},  # Table 3 / 11 cells
+            _row("none", 8, 62.0, 78.0) | {"arch": "alexnet"},
         ]  # fmt: skip
     )
-    run = {"attacks": ["pq"], "bits": [8], "defenses": ["lac"], "seeds": [0, 1]}
+    run = {"attacks": ["pq"], "bits": [8], "defenses": ["lac"], "seeds": [0, 1],
+           "datasets": ["fashion_mnist"], "archs": ["resnet_tiny"]}  # fmt: skip
     ctx = TableContext(df, {"attacks": {"pq": {"method": "pqbackdoor"}}, "run": run}, PaperReference(paper))
     md = render("table1", ctx)["md"]
     assert "89.00 / 2.00 / 95.00" in md and "50.00" not in md  # seed 2 left out
     assert "LAC |" not in md and "clean_qat" not in md and "seeds [0]" in md
+    assert "imagenette" not in md and "alexnet" not in md and "61.00" not in md and "62.00" not in md
     assert "| FT | " + NOT_PRODUCED + " (paper 85.29 / – / –) |" in md
 
 

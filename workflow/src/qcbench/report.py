@@ -353,6 +353,11 @@ def _defense_tables(ctx: TableContext, table: str, label: str, datasets=None, ex
     run = ctx.config.get("run") or {}
     defenses = list(run.get("defenses") or [])
     df = _main_grid(df, run)
+    if datasets is None:  # Table 1: the run's own (dataset, arch) settings, not Table 3's or 11's cells
+        if run.get("datasets"):
+            df = df[df.dataset.isin(run["datasets"])]
+        if run.get("archs"):
+            df = df[df.arch.isin(run["archs"])]
     blocks = []
     for (dataset, arch), sub in df.groupby(["dataset", "arch"], sort=True):
         ref = reference_setting(ctx, table, dataset, arch)
