@@ -78,7 +78,7 @@ def test_cells_cover_fp_nodefense_and_defended_once():
 def test_cells_follow_run_ablations_and_default_to_run_datasets():
     cfg = {**CONFIG, "run": {**CONFIG["run"], "ablations": ["table7"]}}
     assert set(ablation_specs(cfg)) == {"table7"}
-    assert all("/adaptive/" in c for c in ablation_cells(cfg))
+    assert all("/adaptive/" in c or "/clean/w32/none/" in c for c in ablation_cells(cfg))
     assert ablation_cells({**CONFIG, "run": {**CONFIG["run"], "ablations": []}}) == []
     assert table_spec(CONFIG, "table7")["datasets"] == ["fashion_mnist"]
 
@@ -93,7 +93,9 @@ def test_settings_pair_datasets_with_archs_instead_of_every_combination():
     assert spec["datasets"] == ["cifar10", "fashion_mnist"] and spec["archs"] == ["resnet_tiny", "resnet18"]
     cells = ablation_cells(cfg)
     assert {c.split("/")[1] + "/" + c.split("/")[2] for c in cells} == {"cifar10/resnet_tiny", "fashion_mnist/resnet18"}
-    assert len(cells) == 2 * 3  # FP, 4-bit none, 4-bit lac per setting
+    assert len(cells) == 2 * 3  # FP, 4-bit none, 4-bit lac per setting (pq starts from scratch here)
+    cfg["attacks"] = {**cfg["attacks"], "pq": {**cfg["attacks"]["pq"], "init": "clean"}}
+    assert "results/cifar10/resnet_tiny/clean/w32/none/seed0/metrics.parquet" in ablation_cells(cfg)
     assert table_spec(CONFIG, "table4")["settings"] == [("fashion_mnist", "resnet_tiny")]  # default: the combinations
 
 
@@ -212,7 +214,8 @@ def test_triggers_table_plans_undefended_cells_and_names_every_trigger_under_its
     }
     cells = ablation_cells(cfg)
     # an explicit `defenses: []` stays empty (run's lac is not added): FP and 8-bit no-defense only
-    assert len(cells) == 8 and all("/none/" in c for c in cells)
+    # (+ the clean model's row: the backdoors fine-tune it, and the table compares their BA with it)
+    assert len(cells) == 9 and all("/none/" in c for c in cells) and "/clean/w32/none/seed0/" in cells[0]
     rows = [_row("bd", 32, "none", 90.0, 94.0), _row("bd", 8, "none", 89.9, 94.5),
             _row("bd6", 32, "none", 90.1, 99.0), _row("sig", 32, "none", 80.0, 91.0),
             _row("sig", 32, "none", 89.0, 97.0, seed=1), _row("clean", 32, "none", 90.5, 1.0),

@@ -76,14 +76,33 @@ def ablation_specs(cfg: Mapping) -> dict[str, dict]:
     return {t: s for t in enabled if (s := table_spec(cfg, t)) is not None}
 
 
+def _starts_from_clean(cfg: Mapping, attack: str) -> bool:
+    """Whether ``attack`` (through any chain of ``init: <attack>``) starts from the clean model."""
+    from qcbench.attacks import ATTACKS
+
+    specs, seen = cfg.get("attacks") or {}, set()
+    while attack in specs and attack not in seen:
+        seen.add(attack)
+        params = specs[attack] or {}
+        method = params.get("method", attack)
+        if method not in ATTACKS:
+            return False
+        attack = ATTACKS.get(method).init_of(params)
+    return attack == "clean"
+
+
 def ablation_cells(cfg: Mapping, fp_defenses=()) -> list[str]:
     """Metrics files of every enabled ablation table's cells, in order, without duplicates: each
     attack's FP model, its no-defense quantized cells and its defended cells (an FP-level
-    defense in ``fp_defenses`` also gets its purified FP model's row)."""
+    defense in ``fp_defenses`` also gets its purified FP model's row), and the clean model's row
+    of each (setting, seed) whose attacks start from it (trained anyway; the verdicts table and
+    Table 8 compare with it)."""
     out: list[str] = []
     for spec in ablation_specs(cfg).values():
         for ds, arch in spec["settings"]:
             for seed in spec["seeds"]:
+                if any(_starts_from_clean(cfg, a) for a in spec["attacks"]):
+                    out.append(f"results/{ds}/{arch}/clean/w32/none/seed{seed}/metrics.parquet")
                 for atk in spec["attacks"]:
                     base = f"results/{ds}/{arch}/{atk}"
                     out.append(f"{base}/w32/none/seed{seed}/metrics.parquet")
