@@ -19,6 +19,15 @@ def test_shipped_configs_are_valid():
     assert schema_errors(load_config(ROOT / "config" / "local.yaml", ROOT / "tests" / "tiny" / "config.yaml")) == []
     gtsrb = load_config(*(ROOT / "config" / f for f in ("local.yaml", "config.yaml", "gtsrb.yaml")))
     assert check_config(gtsrb, workdir=ROOT)["run"]["datasets"] == ["cifar10", "gtsrb"]
+    table3 = check_config(
+        load_config(ROOT / "config" / "local.yaml", ROOT / "config" / "table3-local.yaml"), workdir=ROOT
+    )
+    assert {s["arch"] for s in table3["ablations"]["table3"]["settings"]} == {
+        "alexnet",
+        "vgg19_bn",
+        "mobilenet_v2",
+        "vit",
+    }
 
 
 @pytest.mark.parametrize(
