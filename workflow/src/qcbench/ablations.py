@@ -78,16 +78,15 @@ def ablation_specs(cfg: Mapping) -> dict[str, dict]:
 
 def _starts_from_clean(cfg: Mapping, attack: str) -> bool:
     """Whether ``attack`` (through any chain of ``init: <attack>``) starts from the clean model."""
-    from qcbench.attacks import ATTACKS
+    from qcbench.attacks import ATTACKS, init_source
 
     specs, seen = cfg.get("attacks") or {}, set()
     while attack in specs and attack not in seen:
         seen.add(attack)
         params = specs[attack] or {}
-        method = params.get("method", attack)
-        if method not in ATTACKS:
+        if params.get("method", attack) not in ATTACKS:
             return False
-        attack = ATTACKS.get(method).init_of(params)
+        attack = init_source(params.get("method", attack), params)
     return attack == "clean"
 
 

@@ -153,9 +153,10 @@ def _decode(
     uint8 (n, 3, size, size) tensor (see ``_fit``), with their int64 labels; progress on stderr."""
     from tqdm.auto import tqdm
 
+    from qcbench.train import progress_interval  # here: qcbench.train imports this module
+
     x, y = torch.empty((n, 3, size, size), dtype=torch.uint8), torch.empty(n, dtype=torch.int64)
-    interval = 2.0 if sys.stderr.isatty() else 30.0  # as qcbench.train.progress_interval
-    for i in tqdm(range(n), desc=desc, unit="img", file=sys.stderr, mininterval=interval, leave=False):
+    for i in tqdm(range(n), desc=desc, unit="img", file=sys.stderr, mininterval=progress_interval(), leave=False):
         try:
             im, y[i] = item(i)
         except DataSourceError:

@@ -15,7 +15,6 @@ from qcbench.attacks import create_attack
 from qcbench.data import ImageSet, load_prepared, prepare_dataset
 from qcbench.defenses import create_defense
 from qcbench.metrics import evaluate as evaluate_model
-from qcbench.models import create_model
 from qcbench.quant import calibrate, create_scheme, quantize_model
 from qcbench.train import bf16_native
 from qcbench.train import train_clean as _train_clean
@@ -65,15 +64,9 @@ def _base_meta(cfg: dict, splits, dataset: str, arch: str, seed: int) -> dict:
 
 
 def _new_model(meta: dict, device) -> torch.nn.Module:
-    """A freshly initialised model of ``meta``'s architecture (see :func:`_base_meta`)."""
-    return create_model(
-        meta["arch"],
-        meta["num_classes"],
-        meta["in_channels"],
-        meta["mean"],
-        meta["std"],
-        **{"image_size": meta.get("image_size"), **meta["arch_kwargs"]},
-    ).to(device)
+    """A freshly initialised model of ``meta``'s architecture (see :func:`_base_meta`: no scheme,
+    so :func:`qcbench.io.build_model` returns the plain FP model)."""
+    return io.build_model(meta).to(device)
 
 
 def train_clean(cfg: dict, dataset: str, arch: str, seed: int, data: str, out: str, threads: int = 1) -> None:

@@ -55,8 +55,9 @@ def _mark(ok: bool, text: str) -> str:
 
 
 def _one(df: pd.DataFrame, **keys) -> pd.Series | None:
-    for k, v in keys.items():
-        df = df[df[k] == v]
+    from qcbench.ablations import _pick
+
+    df = _pick(df, **keys)
     return None if df.empty else df.iloc[0]
 
 
