@@ -64,3 +64,44 @@ def test_predict_runs_a_channels_last_copy_and_leaves_the_model_alone():
     assert all(p is q for p, q in zip(params, model.parameters()))
     assert all(p.is_contiguous() for p in model.parameters())
     assert torch.equal(pred, ref)
+
+
+def test_natural_rates_match_the_asr_of_each_target():
+    """natural_rates[t] is evaluate()'s ASR with target t, for every t, from one triggered pass."""
+    from qcbench.metrics import natural_rates
+
+    trig = create_trigger({"name": "patch", "value": 1.0}, 28)
+    test = _test_set()
+    clean = LabelReader(3, fooled=False)  # the trigger changes nothing: every rate is 0
+    assert natural_rates(clean, test, trig, classes=10) == [0.0] * 10
+    fooled = LabelReader(3, fooled=True)  # everything triggered goes to 3
+    rates = natural_rates(fooled, test, trig, classes=10)
+    assert rates[3] == 100.0 and sum(rates) == 100.0
+    assert rates == [evaluate(fooled, test, trig, t)["asr"] for t in range(10)]
+
+
+def test_natural_rate_command_prints_one_rate_per_class(idx_dir, tmp_path, capsys):
+    from qcbench import io
+    from qcbench.cli import main
+    from qcbench.data import load_prepared, prepare_dataset
+    from qcbench.models import create_model
+
+    data = tmp_path / "data.safetensors"
+    prepare_dataset("fashion_mnist", {"path": str(idx_dir)}, data, fraction=0.25, seed=0)
+    m = load_prepared(data).meta
+    meta = {k: m[k] for k in ("num_classes", "in_channels", "mean", "std", "image_size")}
+    meta |= {"arch": "resnet_tiny", "arch_kwargs": {"width": 4}}
+    torch.manual_seed(0)
+    model = create_model("resnet_tiny", m["num_classes"], m["in_channels"], m["mean"], m["std"], width=4)
+    io.save_model(model, tmp_path / "model.safetensors", meta)
+    args = ["--data", str(data), "--trigger", '{"name": "patch"}', "--test-images", "100"]
+    assert main(["natural-rate", str(tmp_path / "model.safetensors"), *args]) == 0
+    out = capsys.readouterr().out
+    rates = [float(ln.split(":")[1]) for ln in out.splitlines() if ln.strip().startswith("class")]
+    assert len(rates) == m["num_classes"] and all(0.0 <= r <= 100.0 for r in rates)
+    assert out.startswith("100 test images")
+    # an untrained model sends triggered images somewhere: the rates cannot all be zero
+    assert sum(rates) > 0
+    (tmp_path / "model.pt").write_bytes(b"\x80\x04 a pickle, not safetensors")
+    assert main(["natural-rate", str(tmp_path / "model.pt"), *args]) == 2
+    assert "natural-rate" in capsys.readouterr().err

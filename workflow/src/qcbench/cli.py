@@ -1,4 +1,5 @@
-"""``qcbench`` command line: inspect the registries, check configuration files, purify a received model."""
+"""``qcbench`` command line: inspect the registries, check configuration files, purify a received model,
+measure a trigger's natural rate per target class."""
 
 from __future__ import annotations
 
@@ -87,6 +88,45 @@ def _purify(args) -> int:
     return 0
 
 
+def _natural_rate(args) -> int:
+    import torch
+
+    from qcbench.data import DataSourceError, load_prepared
+    from qcbench.io import ModelFileError, load_model
+    from qcbench.metrics import natural_rates
+    from qcbench.triggers import create_trigger
+
+    torch.set_num_threads(max(1, args.threads))
+    try:
+        splits = load_prepared(args.data)
+        model, _ = load_model(args.model, "cpu")
+        trigger = create_trigger(args.trigger, splits.meta["image_size"])
+    except (ModelFileError, DataSourceError, OSError, KeyError, ValueError) as err:
+        print(f"qcbench natural-rate: {err}", file=sys.stderr)
+        return 2
+    test = splits.test.sample(args.test_images)
+    rates = natural_rates(model, test, trigger, classes=splits.meta["num_classes"])
+    print(f"{len(test)} test images; % of the other classes' triggered images predicted as each class:")
+    for t, r in enumerate(rates):
+        print(f"  class {t:3d}: {r:6.2f}")
+    return 0
+
+
+def _add_natural_rate(sub) -> None:
+    p = sub.add_parser(
+        "natural-rate",
+        help="per target class, the ASR a trigger already scores on a (clean) model",
+        description="Apply a trigger to the test images of a prepared dataset and report, for every "
+        "class, the share of non-class images the model assigns to it: the ASR floor a backdoor with "
+        "that target cannot go below once purified back to this model's behaviour.",
+    )
+    p.add_argument("model", help="qcbench model file (safetensors with its model.json)")
+    p.add_argument("--data", required=True, help="prepared dataset (resources/data/<dataset>/data.safetensors)")
+    p.add_argument("--trigger", required=True, type=_json_arg, help="trigger spec, JSON or a JSON file")
+    p.add_argument("--test-images", type=int, default=None, help="the eval.test_images subset (default: all)")
+    p.add_argument("--threads", type=int, default=1)
+
+
 def _add_purify(sub) -> None:
     p = sub.add_parser(
         "purify",
@@ -125,8 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("configs", nargs="+")
     check.add_argument("--workdir", default=".", help="folder relative data paths are resolved from")
     _add_purify(sub)
+    _add_natural_rate(sub)
     args = parser.parse_args(argv)
-    return {"list": _list, "check-config": _check, "purify": _purify}[args.command](args)
+    commands = {"list": _list, "check-config": _check, "purify": _purify, "natural-rate": _natural_rate}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,21 @@ def evaluate(
     return res
 
 
+def natural_rates(
+    model: nn.Module, test: ImageSet, trigger, batch_size: int = EVAL_BATCH, device="cpu", classes: int | None = None
+) -> list[float]:
+    """For every class t, the ASR a backdoor with target t would score on ``model`` (percent of the
+    triggered images whose label is not t that are predicted as t): on a clean model, the floor
+    that no defense can push an attack's ASR below. One triggered pass serves every class."""
+    tpred = predict(model, test.x, batch_size, device, transform=trigger)
+    n = classes if classes is not None else int(max(test.y.max(), tpred.max())) + 1
+    rates = []
+    for t in range(n):
+        keep = test.y != t
+        rates.append(100.0 * (tpred[keep] == t).float().mean().item() if keep.any() else math.nan)
+    return rates
+
+
 def der(ba_nodef: float, asr_nodef: float, ba_def: float, asr_def: float) -> float:
     """Defense effectiveness rating in percent: [max(0, ΔASR) − max(0, ΔBA) + 1] / 2 with Δ the
     drop from the undefended model (BackdoorBench's ``defense_effectiveness_rate_simplied``)."""
