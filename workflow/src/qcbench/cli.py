@@ -117,8 +117,8 @@ def _add_natural_rate(sub) -> None:
         "natural-rate",
         help="per target class, the ASR a trigger already scores on a (clean) model",
         description="Apply a trigger to the test images of a prepared dataset and report, for every "
-        "class, the share of non-class images the model assigns to it: the ASR floor a backdoor with "
-        "that target cannot go below once purified back to this model's behaviour.",
+        "class, the share of non-class images the model assigns to it: the ASR a backdoor with that "
+        "target keeps once purified back to this model's behaviour.",
     )
     p.add_argument("model", help="qcbench model file (safetensors with its model.json)")
     p.add_argument("--data", required=True, help="prepared dataset (resources/data/<dataset>/data.safetensors)")

@@ -63,8 +63,9 @@ def natural_rates(
     model: nn.Module, test: ImageSet, trigger, batch_size: int = EVAL_BATCH, device="cpu", classes: int | None = None
 ) -> list[float]:
     """For every class t, the ASR a backdoor with target t would score on ``model`` (percent of the
-    triggered images whose label is not t that are predicted as t): on a clean model, the floor
-    that no defense can push an attack's ASR below. One triggered pass serves every class."""
+    triggered images whose label is not t that are predicted as t). On a clean model this is where
+    a defense that restores clean behaviour (as LAC does) lands; a defense that departs from it,
+    such as EFRAP, can go lower. One triggered pass serves every class."""
     tpred = predict(model, test.x, batch_size, device, transform=trigger)
     n = classes if classes is not None else int(max(test.y.max(), tpred.max())) + 1
     rates = []
