@@ -84,9 +84,10 @@ def _starts_from_clean(cfg: Mapping, attack: str) -> bool:
     while attack in specs and attack not in seen:
         seen.add(attack)
         params = specs[attack] or {}
-        if params.get("method", attack) not in ATTACKS:
+        method = params.get("method", attack)
+        if method not in ATTACKS:
             return False
-        attack = init_source(params.get("method", attack), params)
+        attack = init_source(method, params)
     return attack == "clean"
 
 

@@ -53,10 +53,15 @@ def evaluate(
     if trigger is None or target is None:
         return res | {"asr": math.nan, "asr_all": math.nan}
     tpred = predict(model, test.x, batch_size, device, transform=trigger)
-    hit = tpred == target
-    res["asr_all"] = 100.0 * hit.float().mean().item()
-    res["asr"] = 100.0 * hit[test.y != target].float().mean().item()
+    res["asr_all"] = 100.0 * (tpred == target).float().mean().item()
+    res["asr"] = _asr(tpred, test.y, target)
     return res
+
+
+def _asr(tpred: torch.Tensor, y: torch.Tensor, target: int) -> float:
+    """Percent of the triggered images whose label is not ``target`` predicted as ``target``."""
+    keep = y != target
+    return 100.0 * (tpred[keep] == target).float().mean().item() if keep.any() else math.nan
 
 
 def natural_rates(
@@ -68,11 +73,7 @@ def natural_rates(
     such as EFRAP, can go lower. One triggered pass serves every class."""
     tpred = predict(model, test.x, batch_size, device, transform=trigger)
     n = classes if classes is not None else int(max(test.y.max(), tpred.max())) + 1
-    rates = []
-    for t in range(n):
-        keep = test.y != t
-        rates.append(100.0 * (tpred[keep] == t).float().mean().item() if keep.any() else math.nan)
-    return rates
+    return [_asr(tpred, test.y, t) for t in range(n)]
 
 
 def der(ba_nodef: float, asr_nodef: float, ba_def: float, asr_def: float) -> float:
