@@ -6,6 +6,7 @@ from qcbench.quant import (
     QuantScheme,
     calibrate,
     create_scheme,
+    dense_view,
     fake_quant,
     fp_view,
     quant_modules,
@@ -69,6 +70,23 @@ def test_dynamic_observer_follows_the_current_tensor():
     small, large = torch.linspace(0, 1, 50), torch.linspace(0, 100, 50)
     assert (q(small) - small).abs().max() <= 1 / 255 / 2 + 1e-6
     assert (q(large) - large).abs().max() <= 100 / 255 / 2 + 1e-4
+
+
+@pytest.mark.parametrize("shape", [(5, 6, 7, 3), (1, 6, 4, 4), (5, 1, 7, 3)])
+def test_dense_view_is_a_copy_free_view_with_the_same_range(shape):
+    x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+    v = dense_view(x)
+    assert v.is_contiguous() and v.data_ptr() == x.data_ptr()  # a view in memory order, no copy
+    assert sorted(v.shape) == sorted(x.shape)
+    assert torch.equal(torch.stack(torch.aminmax(v)), torch.stack(torch.aminmax(x.contiguous())))
+    xt = torch.randn(4, 6)[:, ::2]  # not dense: left as it is
+    assert dense_view(xt) is xt
+
+
+def test_dynamic_quantizer_is_the_same_on_channels_last_input():
+    x = torch.randn(4, 8, 5, 5) * 3
+    q = FakeQuantizer(4, False, False, "dynamic")
+    assert torch.equal(q(x.contiguous(memory_format=torch.channels_last)), q(x))
 
 
 def test_quantize_model_swaps_every_layer_and_keeps_fp_view(tiny_model):

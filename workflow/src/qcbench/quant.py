@@ -172,6 +172,19 @@ def fake_quantize_affine(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor,
     return torch.round(x * torch.reciprocal(scale)).add_(zp).clamp_(qmin, qmax).sub_(zp).mul_(scale)
 
 
+def dense_view(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with its dimensions permuted into memory order (a contiguous view, no copy) when it is
+    dense but not contiguous, e.g. channels-last activations; else ``x``. For order-free
+    reductions over the whole tensor: ``torch.aminmax`` of a channels-last [128, 16, 28, 28]
+    tensor copies it to contiguous first and takes ~11x as long on one CPU thread (2.0 vs 0.17 ms,
+    torch 2.14.1), the same values."""
+    if x.is_contiguous() or x.ndim < 2:
+        return x
+    order = sorted(range(x.ndim), key=lambda d: -x.stride(d))
+    view = x.permute(*order)
+    return view if view.is_contiguous() else x
+
+
 class FakeQuantizer(nn.Module):
     """Observer + fake-quantizer for one tensor (per-tensor, or per output channel = dim 0)."""
 
@@ -211,7 +224,7 @@ class FakeQuantizer(nn.Module):
     def _minmax(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.per_channel:
             return torch.aminmax(x.detach().flatten(1), dim=1)
-        lo, hi = torch.aminmax(x.detach())
+        lo, hi = torch.aminmax(dense_view(x.detach()))
         return lo.reshape(1), hi.reshape(1)
 
     def qparams(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
