@@ -3,7 +3,7 @@
 import torch
 from qcbench.defenses import create_defense
 from qcbench.defenses.lac import bn_stat_distance, pda
-from qcbench.defenses.units import capture, extract_units, unit_inputs
+from qcbench.defenses.units import capture, capture_outputs, extract_units, unit_inputs
 from qcbench.metrics import evaluate
 from qcbench.quant import create_scheme, quantize_model
 
@@ -121,3 +121,30 @@ def test_lac_removes_the_quantization_conditioned_part(qa_model, tiny_splits):
     for _, m in defended.named_modules():
         if hasattr(m, "wq"):
             assert torch.allclose(m.quant_weight(), m.weight, atol=1e-6)
+
+
+def test_fp_targets_of_all_units_in_one_pass_equal_the_per_unit_capture(tiny_model, tiny_splits):
+    """LAC/EFRAP take every unit's FP target from one pass (the reference model never changes):
+    the same tensors as one capture per unit, and the same defended model bit for bit as with
+    the cache switched off."""
+    qm = quantize_model(tiny_model, create_scheme("qa", 4)).eval()
+    units = extract_units(qm)
+    batches = [torch.rand(8, 1, 28, 28) for _ in range(3)]
+    names = [u.last for u in units]
+    together = capture_outputs(qm, names, batches)
+    assert list(together) == names
+    for n in names:
+        one = capture(qm, n, batches, "output")
+        assert len(together[n]) == 3 and all(torch.equal(a, b) for a, b in zip(together[n], one))
+    params = {"iterations": 5, "calib_batches": 2, "batch_size": 16, "pda": True, "pda_iterations": 2}
+    out = []
+    for budget in (1 << 30, 0):  # cached, then one unit at a time
+        d = create_defense("lac", params)
+        d.target_cache_bytes = budget
+        assert bool(d.fp_targets(qm, units, batches)) == (budget > 0)
+        torch.manual_seed(0)
+        out.append(
+            d.run(tiny_model, quantize_model(tiny_model, create_scheme("qa", 4)), tiny_splits, seed=0, device="cpu")
+        )
+    a, b = (m.state_dict() for m in out)
+    assert all(torch.equal(a[k], b[k]) for k in a)

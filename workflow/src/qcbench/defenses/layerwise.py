@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from qcbench.data import ImageSet
 from qcbench.defenses.base import Defense
-from qcbench.defenses.units import Unit, capture, extract_units, unit_inputs
+from qcbench.defenses.units import Unit, capture, capture_outputs, extract_units, unit_inputs
 from qcbench.quant import fp_view, freeze_weight_ranges
 from qcbench.train import progress_interval
 
@@ -95,11 +95,29 @@ class LayerwiseDefense(Defense):
         reference, work = self.setup(qmodel)
         self.log: list[dict] = []
         units = extract_units(work)
+        targets = self.fp_targets(reference, units, calib)
         for k, unit in enumerate(
             tqdm(units, desc=f"{self.label} units", file=sys.stderr, mininterval=progress_interval())
         ):
-            self.process_unit(work, reference, unit, calib, generator, k)
+            self.process_unit(work, reference, unit, calib, generator, k, targets.pop(unit.last, None))
         return work
+
+    #: at most this many bytes of cached FP targets for all units at once (else one unit at a time)
+    target_cache_bytes = 1 << 30
+
+    def fp_targets(self, reference: nn.Module, units: list[Unit], calib: list[torch.Tensor]) -> dict:
+        """Every unit's FP target from one pass over ``calib`` (the reference model never changes,
+        so these are the tensors :meth:`process_unit` would capture unit by unit, bit for bit), when
+        they fit in :attr:`target_cache_bytes` (sized on the first batch); else ``{}``."""
+        names = list(dict.fromkeys(u.last for u in units))
+        if not calib or not names:
+            return {}
+        with fp_view(reference):
+            first = capture_outputs(reference, names, calib[:1])
+            size = sum(t.nbytes for ts in first.values() for t in ts) * len(calib)
+            if size > self.target_cache_bytes:
+                return {}
+            return capture_outputs(reference, names, calib)
 
     def process_unit(
         self,
@@ -109,11 +127,15 @@ class LayerwiseDefense(Defense):
         calib: list[torch.Tensor],
         generator: torch.Generator,
         index: int = 0,
+        targets: list[torch.Tensor] | None = None,
     ) -> dict:
-        """Reconstruct one unit in place (only ``unit.first``'s weight changes); append and return its log."""
+        """Reconstruct one unit in place (only ``unit.first``'s weight changes); append and return
+        its log. ``targets``: the unit's FP outputs on ``calib`` when already computed
+        (:meth:`fp_targets`)."""
         t0 = time.perf_counter()
-        with fp_view(reference):
-            targets = capture(reference, unit.last, calib, "output")
+        if targets is None:
+            with fp_view(reference):
+                targets = capture(reference, unit.last, calib, "output")
         inputs = self.prepare_inputs(qmodel, unit, unit_inputs(qmodel, unit, calib))
         layer = qmodel.get_submodule(unit.first)
         opt = torch.optim.Adam(self.begin_unit(layer), lr=self.params["lr"])

@@ -151,3 +151,39 @@ def capture(model: nn.Module, name: str, batches: list[torch.Tensor], where: str
     finally:
         handle.remove()
     return store
+
+
+@torch.no_grad()
+def capture_outputs(model: nn.Module, names: list[str], batches: list[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
+    """What :func:`capture` (``where="output"``) returns for each module of ``names``, from one
+    forward pass per batch instead of one per module: each module's output at its first call,
+    the pass stopped once every module has given one."""
+    store: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    seen: set[str] = set()
+
+    class _Stop(Exception):
+        pass
+
+    def hook(name):
+        def post(_m, _args, out):
+            if name in seen:
+                return
+            seen.add(name)
+            store[name].append(out.detach().clone())
+            if len(seen) == len(store):
+                raise _Stop
+
+        return post
+
+    handles = [model.get_submodule(n).register_forward_hook(hook(n)) for n in store]
+    try:
+        for x in batches:
+            seen.clear()
+            try:
+                model(x)
+            except _Stop:
+                pass
+    finally:
+        for h in handles:
+            h.remove()
+    return store
