@@ -127,6 +127,8 @@ def unit_inputs(model: nn.Module, unit: Unit, batches: list[torch.Tensor]) -> li
 @torch.no_grad()
 def capture(model: nn.Module, name: str, batches: list[torch.Tensor], where: str) -> list[torch.Tensor]:
     """Run ``model`` on each batch and keep the ``input`` or ``output`` of module ``name``."""
+    if where == "output":
+        return capture_outputs(model, [name], batches)[name]
     store: list[torch.Tensor] = []
     mod = model.get_submodule(name)
 
@@ -137,11 +139,7 @@ def capture(model: nn.Module, name: str, batches: list[torch.Tensor], where: str
         store.append(args[0].detach().clone())
         raise _Stop
 
-    def post(_m, _args, out):
-        store.append(out.detach().clone())
-        raise _Stop
-
-    handle = mod.register_forward_pre_hook(pre) if where == "input" else mod.register_forward_hook(post)
+    handle = mod.register_forward_pre_hook(pre)
     try:
         for x in batches:
             try:
