@@ -1,9 +1,11 @@
 """The ablation tables (qcbench.ablations): cells from the config, paper values joined by key,
 "not yet produced" where a cell is missing; the cells `all` plans."""
 
+import copy
+
 import pandas as pd
 import pytest
-from qcbench.ablations import ablation_cells, ablation_specs, table_spec
+from qcbench.ablations import ablation_cells, ablation_specs, spec_differences, table_spec
 from qcbench.config import ConfigError, check_config, load_config
 from qcbench.report import NOT_PRODUCED, TABLES, PaperReference, TableContext, render
 
@@ -231,3 +233,19 @@ def test_triggers_table_plans_undefended_cells_and_names_every_trigger_under_its
     assert by["bd"][-2] == "-0.50" and by["sig"][-2] == "-10.50"
     assert "bd (badnets 3x3) 94.00 %" in block.note and "sig (" not in block.note.split("FP BA")[0]
     assert "more than 3 points under the clean model: sig (-10.50)" in block.note
+
+
+def test_trigger_tables_name_every_other_difference_between_their_attacks():
+    """Tables 10 and 12 compare triggers: any other config difference between their attacks is
+    named in the caption, with each attack's value; none when they differ in the trigger alone."""
+    cfg = copy.deepcopy(CONFIG)
+    assert spec_differences(cfg, ["pq3", "pq"]) == ""
+    cfg["attacks"]["pq3"] |= {"stage1": {"samples_per_epoch": 40000, "lr": 1e-3}}
+    cfg["attacks"]["pq"] |= {"stage1": {"samples_per_epoch": 20000, "lr": 1e-3}, "target": 0}
+    note = spec_differences(cfg, ["pq3", "pq"])
+    assert "stage1.samples_per_epoch (pq3 40000, pq 20000)" in note and "target (pq3 unset, pq 0)" in note
+    assert "stage1.lr" not in note and "trigger (" not in note and "method" not in note
+    cfg["attacks"]["pq_wanet"] |= {"stage1": None}
+    assert "stage1 (pq_wanet None, pq3 {…})" in spec_differences(cfg, ["pq_wanet", "pq3"])
+    rows = [_row("pq3", 8, "none", 88.0, 97.0)]
+    assert "stage1.samples_per_epoch (pq3 40000, pq 20000)" in render("table10", _ctx(rows, cfg))["md"]

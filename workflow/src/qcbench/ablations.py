@@ -228,8 +228,34 @@ def _model_rows(ctx: TableContext, spec: dict) -> list[tuple[str, int, str]]:
     return rows
 
 
-def _model_block(ctx, table, title, spec, variant_of, metrics=("ba", "asr"), paper_bits=True, column_of=None):
-    """The layout of Tables 7, 9, 10, 12: rows = FP model and (bits, defense), columns = attacks."""
+def _differences(values: dict, key: str, ignore: tuple[str, ...]) -> list[str]:
+    """Dotted keys under ``key`` where the attacks' ``values`` differ, each with every value."""
+    if all(isinstance(v, Mapping) for v in values.values()):
+        subs = sorted({k for v in values.values() for k in v if not (key == "" and k in ignore)})
+        return [
+            d
+            for k in subs
+            for d in _differences({a: v.get(k, "unset") for a, v in values.items()}, f"{key}{k}.", ignore)
+        ]
+    if len({repr(v) for v in values.values()}) == 1:
+        return []
+    shown = {a: "{…}" if isinstance(v, Mapping) else v for a, v in values.items()}
+    return [f"{key.rstrip('.')} (" + ", ".join(f"{a} {v}" for a, v in shown.items()) + ")"]
+
+
+def spec_differences(config: Mapping, attacks: list[str], ignore: tuple[str, ...] = ("trigger",)) -> str:
+    """A caption note naming every config key (dotted) in which the ``attacks`` of one table
+    differ beyond the top-level keys ``ignore``, with each attack's value ("{…}" for a section);
+    "" when they differ in nothing else. Tables 10 and 12 compare triggers: a reader must see
+    any other difference between their cells."""
+    specs = {a: {"method": a, **(((config.get("attacks") or {}).get(a)) or {})} for a in attacks}
+    parts = _differences(specs, "", ignore)
+    return " Besides the trigger, the attacks differ in: " + "; ".join(parts) + "." if parts else ""
+
+
+def _model_block(ctx, table, title, spec, variant_of, metrics=("ba", "asr"), paper_bits=True, column_of=None, note=""):
+    """The layout of Tables 7, 9, 10, 12: rows = FP model and (bits, defense), columns = attacks;
+    ``note`` ends each caption."""
     df = _sim(ctx)
     tid = table.replace("table", "T")
     column_of = column_of or (lambda a: a)
@@ -252,7 +278,7 @@ def _model_block(ctx, table, title, spec, variant_of, metrics=("ba", "asr"), pap
             body.append(line)
         seeds = ", ".join(map(str, spec["seeds"]))
         what = " / ".join(m.upper() for m in metrics)
-        cap = f"{title} ({ds}, {arch}): {what} in %, seed(s) {seeds}." + _note(ds, arch, ref)
+        cap = f"{title} ({ds}, {arch}): {what} in %, seed(s) {seeds}." + note + _note(ds, arch, ref)
         blocks.append(Block(cap, ["Model"] + [column_of(a) for a in spec["attacks"]], body))
     return blocks
 
@@ -409,6 +435,7 @@ def table10(ctx: TableContext) -> list[Block]:
         blocks += _model_block(
             ctx, "table10", "Table 10, PQBackdoor trigger sizes (side × 32 px as in the paper)", one,
             lambda a: _trigger_label(ctx, a)[0], column_of=lambda a, ds=ds: _trigger_label(ctx, a, ds)[1],
+            note=spec_differences(ctx.config, spec["attacks"]),
         )  # fmt: skip
     return blocks
 
@@ -426,6 +453,7 @@ def table12(ctx: TableContext) -> list[Block]:
     return _model_block(
         ctx, "table12", "Table 12, PQBackdoor with sample-specific triggers", spec,
         lambda a: f"trigger_type={kind(a)}", column_of=lambda a: f"{kind(a)} ({a}) BA / ASR",
+        note=spec_differences(ctx.config, spec["attacks"]),
     )  # fmt: skip
 
 
