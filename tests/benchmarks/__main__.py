@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import traceback
@@ -21,8 +22,14 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
     ap.add_argument(
         "--lac-fixed",
-        default=f"300,{measure.REFERENCE_ITERATIONS}",
+        default=f"150,{measure.REFERENCE_ITERATIONS}",
         help="fixed LAC iteration counts to compare against (the goal: the reference code's 10,000 if listed)",
+    )
+    ap.add_argument(
+        "--lac-early-stop",
+        type=json.loads,
+        default=measure.EARLY_STOP,
+        help=f"LAC's early_stop as JSON (default {json.dumps(measure.EARLY_STOP)})",
     )
     ap.add_argument("--thread-seconds", type=float, default=30.0)
     args = ap.parse_args(argv)
@@ -37,7 +44,7 @@ def main(argv=None) -> int:
         "train_loop": lambda: measure.train_loop(splits),
         "quant_forward": lambda: measure.quant_forward(splits),
         "lac_early_stop": lambda: measure.lac_early_stop(
-            run, splits, fixed=tuple(int(n) for n in args.lac_fixed.split(","))
+            run, splits, fixed=tuple(int(n) for n in args.lac_fixed.split(",")), early_stop=args.lac_early_stop
         ),
         "local_default": lambda: local_default(run),
         "plan_paper": measure.plan_paper,
