@@ -254,3 +254,7 @@ def test_trigger_tables_name_every_other_difference_between_their_attacks():
     assert "stage1 (pq_wanet None, pq3 {…})" in spec_differences(cfg, ["pq_wanet", "pq3"])
     rows = [_row("pq3", 8, "none", 88.0, 97.0)]
     assert "stage1.samples_per_epoch (pq3 40000, pq 20000)" in render("table10", _ctx(rows, cfg))["md"]
+    # a per-dataset override counts for its dataset only, as in training
+    cfg["attacks"]["pq3"]["per_dataset"] = {"cifar10": {"target": 0}}
+    assert "target" not in spec_differences(cfg, ["pq3", "pq"], "cifar10")
+    assert "target (pq3 unset, pq 0)" in spec_differences(cfg, ["pq3", "pq"], "fashion_mnist")

@@ -243,12 +243,20 @@ def _differences(values: dict, key: str, ignore: tuple[str, ...]) -> list[str]:
     return [f"{key.rstrip('.')} (" + ", ".join(f"{a} {v}" for a, v in shown.items()) + ")"]
 
 
-def spec_differences(config: Mapping, attacks: list[str], ignore: tuple[str, ...] = ("trigger",)) -> str:
+def spec_differences(
+    config: Mapping, attacks: list[str], dataset: str | None = None, ignore: tuple[str, ...] = ("trigger",)
+) -> str:
     """A caption note naming every config key (dotted) in which the ``attacks`` of one table
     differ beyond the top-level keys ``ignore``, with each attack's value ("{…}" for a section);
-    "" when they differ in nothing else. Tables 10 and 12 compare triggers: a reader must see
+    "" when they differ in nothing else. With ``dataset``, each attack's ``per_dataset`` entry
+    for it applies first, as in training. Tables 10 and 12 compare triggers: a reader must see
     any other difference between their cells."""
-    specs = {a: {"method": a, **(((config.get("attacks") or {}).get(a)) or {})} for a in attacks}
+    specs = {}
+    for a in attacks:
+        spec = {"method": a, **(((config.get("attacks") or {}).get(a)) or {})}
+        if dataset is not None:
+            spec |= (spec.pop("per_dataset", None) or {}).get(dataset) or {}
+        specs[a] = spec
     parts = _differences(specs, "", ignore)
     return " Besides the trigger, the attacks differ in: " + "; ".join(parts) + "." if parts else ""
 
@@ -435,7 +443,7 @@ def table10(ctx: TableContext) -> list[Block]:
         blocks += _model_block(
             ctx, "table10", "Table 10, PQBackdoor trigger sizes (side × 32 px as in the paper)", one,
             lambda a: _trigger_label(ctx, a)[0], column_of=lambda a, ds=ds: _trigger_label(ctx, a, ds)[1],
-            note=spec_differences(ctx.config, spec["attacks"]),
+            note=spec_differences(ctx.config, spec["attacks"], ds),
         )  # fmt: skip
     return blocks
 
