@@ -258,3 +258,35 @@ def test_trigger_tables_name_every_other_difference_between_their_attacks():
     cfg["attacks"]["pq3"]["per_dataset"] = {"cifar10": {"target": 0}}
     assert "target" not in spec_differences(cfg, ["pq3", "pq"], "cifar10")
     assert "target (pq3 unset, pq 0)" in spec_differences(cfg, ["pq3", "pq"], "fashion_mnist")
+
+
+def test_an_ablation_entry_evaluates_its_8bit_cells_in_the_listed_real_runtimes():
+    """`backends` of an entry: its 8-bit no-defense cells get real-runtime rows (planned, shown
+    in the table without paper numbers) for the runtimes eval.backends also lists; none at other
+    bit widths; an unknown runtime is a config error naming the key."""
+    cfg = copy.deepcopy(CONFIG) | {"eval": {"backends": ["torch_x86", "onnxruntime"]}}
+    cfg["ablations"]["table10"] = {
+        **cfg["ablations"]["table10"],
+        "bits": [8, 4],
+        "backends": ["torch_x86", "torch_qnnpack"],
+    }
+    cfg["ablations"]["table9"] = {**cfg["ablations"]["table9"], "bits": [4], "backends": ["torch_x86"]}
+    real = [c for c in ablation_cells(cfg) if not c.endswith("/metrics.parquet")]
+    # torch_qnnpack is not in eval.backends: skipped
+    assert real == [
+        f"results/fashion_mnist/resnet_tiny/{a}/w8/none/seed0/metrics.torch_x86.parquet" for a in ("pq3", "pq")
+    ]
+    assert all(c.endswith("/metrics.parquet") for c in ablation_cells(CONFIG))
+    cfg_off = copy.deepcopy(cfg) | {"eval": {"backends": []}}
+    assert all(c.endswith("/metrics.parquet") for c in ablation_cells(cfg_off))
+    rows = [_row("pq3", 8, "none", 88.0, 97.0), {**_row("pq3", 8, "none", 87.5, 3.25), "backend": "torch_x86"}]
+    md = render("table10", _ctx(rows, cfg))["md"]
+    assert "| 8-bit, torch_x86 (real int8 runtime) | 87.50 / 3.25 |" in md
+    assert "| 8-bit, no defense | 88.00 / 97.00 (paper – / 98.82) |" in md  # the sim row ignores the real one
+    assert "4-bit, torch_x86" not in md and "torch_qnnpack (real" not in md
+    from qcbench.ablations import config_errors
+
+    assert not [e for e in config_errors(cfg) if "backends" in e]
+    cfg["ablations"]["table10"]["backends"].append("tflite")
+    errs = config_errors(cfg)
+    assert any("'ablations.table10.backends.2'" in e and "'tflite'" in e and "torch_x86" in e for e in errs)

@@ -59,6 +59,9 @@ def table_spec(cfg: Mapping, table: str) -> dict | None:
     # an explicitly empty list stays empty (e.g. `defenses: []`); only an absent key takes run's
     spec = {k: list(entry[k] if entry.get(k) is not None else run.get(k) or []) for k in SPEC_KEYS}
     spec["defenses"] = [d for d in spec["defenses"] if d != "none"]
+    # the entry's real runtimes among those the run evaluates at all (eval.backends: [] turns them off)
+    listed = (cfg.get("eval") or {}).get("backends") or []
+    spec["backends"] = [b for b in entry.get("backends") or [] if b in listed]
     # (dataset, arch) pairs: ``settings`` when given (e.g. Table 3's CNNs on CIFAR-10 and its ViT
     # on ImageNette), else every combination of datasets and archs
     if entry.get("settings"):
@@ -96,7 +99,8 @@ def ablation_cells(cfg: Mapping, fp_defenses=()) -> list[str]:
     attack's FP model, its no-defense quantized cells and its defended cells (an FP-level
     defense in ``fp_defenses`` also gets its purified FP model's row), and the clean model's row
     of each (setting, seed) whose attacks start from it (trained anyway; the verdicts table and
-    Table 8 compare with it)."""
+    Table 8 compare with it). An entry's ``backends`` (those also in ``eval.backends``) add its
+    8-bit no-defense cells' real-runtime rows (``metrics.<backend>.parquet``)."""
     out: list[str] = []
     for spec in ablation_specs(cfg).values():
         for ds, arch in spec["settings"]:
@@ -111,6 +115,8 @@ def ablation_cells(cfg: Mapping, fp_defenses=()) -> list[str]:
                     for bits in spec["bits"]:
                         for d in ["none", *spec["defenses"]]:
                             out.append(f"{base}/w{bits}/{d}/seed{seed}/metrics.parquet")
+                    if 8 in spec["bits"]:
+                        out += [f"{base}/w8/none/seed{seed}/metrics.{b}.parquet" for b in spec["backends"]]
     return list(dict.fromkeys(out))
 
 
@@ -141,6 +147,13 @@ def config_errors(cfg: Mapping) -> list[str]:
                 out.append(f"config key '{key}': unknown arch {arch!r}; registered: {MODELS.names()}")
             elif arch not in (cfg.get("archs") or {}):
                 out.append(f"config key 'archs': no entry for {arch!r} (used by {key}; {{}} for its defaults)")
+        from qcbench.backends import BACKENDS
+
+        for i, b in enumerate((entry or {}).get("backends") or []):
+            if b not in BACKENDS:
+                out.append(
+                    f"config key 'ablations.{t}.backends.{i}': unknown runtime {b!r}; registered: {BACKENDS.names()}"
+                )
         if entry and entry.get("settings") and (entry.get("datasets") or entry.get("archs")):
             out.append(f"config key 'ablations.{t}': give either settings or datasets/archs, not both")
     for t, spec in ablation_specs(cfg).items():  # the tables `all` builds train clean models there
@@ -219,12 +232,15 @@ def _paper_pair(ctx, table, ref, attack, bits, defense, variant="", metrics=("ba
     return [ctx.paper.value(table, m, ref[0], ref[1], attack, bits, defense, variant) for m in metrics]
 
 
-def _model_rows(ctx: TableContext, spec: dict) -> list[tuple[str, int, str]]:
-    """(label, bits, defense) rows: the FP model, then per bit width no defense and each defense."""
-    rows = [("Full precision", 32, "none")]
+def _model_rows(ctx: TableContext, spec: dict) -> list[tuple[str, int, str, str]]:
+    """(label, bits, defense, backend) rows: the FP model, then per bit width no defense, at 8 bits
+    each of the entry's real runtimes (FP model through the runtime's PTQ), and each defense."""
+    rows = [("Full precision", 32, "none", "sim")]
     for b in spec["bits"]:
-        rows.append((f"{b}-bit, no defense", b, "none"))
-        rows += [(f"{b}-bit, {_defense_label(ctx, d)}", b, d) for d in spec["defenses"]]
+        rows.append((f"{b}-bit, no defense", b, "none", "sim"))
+        if b == 8:
+            rows += [(f"8-bit, {r} (real int8 runtime)", b, "none", r) for r in spec.get("backends", [])]
+        rows += [(f"{b}-bit, {_defense_label(ctx, d)}", b, d, "sim") for d in spec["defenses"]]
     return rows
 
 
@@ -264,7 +280,9 @@ def spec_differences(
 def _model_block(ctx, table, title, spec, variant_of, metrics=("ba", "asr"), paper_bits=True, column_of=None, note=""):
     """The layout of Tables 7, 9, 10, 12: rows = FP model and (bits, defense), columns = attacks;
     ``note`` ends each caption."""
-    df = _sim(ctx)
+    df = ctx.metrics
+    if "backend" not in df.columns:
+        df = df.assign(backend="sim")
     tid = table.replace("table", "T")
     column_of = column_of or (lambda a: a)
     blocks = []
@@ -272,7 +290,7 @@ def _model_block(ctx, table, title, spec, variant_of, metrics=("ba", "asr"), pap
         sub = _pick(df, dataset=ds, arch=arch)
         sub = sub[sub.seed.isin(spec["seeds"])] if not sub.empty else sub
         body = []
-        for label, bits, d in _model_rows(ctx, spec):
+        for label, bits, d, backend in _model_rows(ctx, spec):
             line = [label]
             for a in spec["attacks"]:
                 pd_name = (
@@ -281,7 +299,9 @@ def _model_block(ctx, table, title, spec, variant_of, metrics=("ba", "asr"), pap
                 paper_atk = "clean" if table == "table9" else attack_method(ctx, a)
                 pb = bits if paper_bits else ""
                 paper = _paper_pair(ctx, tid, ref, paper_atk, pb, pd_name, variant_of(a), metrics)
-                g = _pick(sub, attack=a, bits=bits, defense=d)
+                if backend != "sim":  # the papers report simulated quantizers only
+                    paper = [None] * len(metrics)
+                g = _pick(sub, attack=a, bits=bits, defense=d, backend=backend)
                 line.append(with_paper(cell(g, metrics), paper) + _seeds_note(g, spec["seeds"]))
             body.append(line)
         seeds = ", ".join(map(str, spec["seeds"]))
