@@ -179,9 +179,15 @@ def referenced(cfg: Mapping, kind: str) -> list[tuple[str, str]]:
 
 
 # -- shared rendering helpers -----------------------------------------------------------------
-def _sim(ctx: TableContext) -> pd.DataFrame:
+def _metrics(ctx: TableContext) -> pd.DataFrame:
+    """The collated metrics; rows without a ``backend`` column are the simulated quantizer's."""
     df = ctx.metrics
-    return df[df.backend == "sim"] if "backend" in df.columns else df
+    return df if "backend" in df.columns else df.assign(backend="sim")
+
+
+def _sim(ctx: TableContext) -> pd.DataFrame:
+    df = _metrics(ctx)
+    return df[df.backend == "sim"]
 
 
 def _pick(df: pd.DataFrame, **keys) -> pd.DataFrame:
@@ -280,9 +286,7 @@ def spec_differences(
 def _model_block(ctx, table, title, spec, variant_of, metrics=("ba", "asr"), paper_bits=True, column_of=None, note=""):
     """The layout of Tables 7, 9, 10, 12: rows = FP model and (bits, defense), columns = attacks;
     ``note`` ends each caption."""
-    df = ctx.metrics
-    if "backend" not in df.columns:
-        df = df.assign(backend="sim")
+    df = _metrics(ctx)
     tid = table.replace("table", "T")
     column_of = column_of or (lambda a: a)
     blocks = []
