@@ -177,7 +177,7 @@ def test_tables_render_without_metrics_or_config(name):
 
 
 def test_shipped_configs_define_every_ablation_and_fig2():
-    tables = {"table4", "table5", "table7", "table9", "table10", "table12", "triggers"}
+    tables = {"table4", "table5", "table7", "table9", "table10", "table12", "triggers", "schemes"}
     for files in [(ROOT / "config/local.yaml",), (ROOT / "config/local.yaml", ROOT / "config/config.yaml")]:
         cfg = check_config(load_config(*files), workdir=ROOT)
         # both the local default and the paper config build every table (issues #3, #4); the paper
@@ -195,6 +195,10 @@ def test_shipped_configs_define_every_ablation_and_fig2():
         # lac_early: issue #4's convergence criterion on the reference code's iteration cap
         early = cfg["defenses"]["lac_early"]
         assert early["early_stop"]["window"] > 0 and early["iterations"] == 10000
+        # the schemes table: LAC+PDA in the reference code's academic quantizer differs from lac
+        # in that scheme only, beside the same quantizer without defense
+        assert {k: v for k, v in cfg["defenses"]["lac_academic"].items() if k != "scheme"} == lac
+        assert cfg["defenses"]["academic"] == {"method": "requantize", "scheme": "mqbench_academic"}
 
 
 def test_config_names_a_missing_ablation_entry():

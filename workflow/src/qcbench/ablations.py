@@ -17,6 +17,7 @@ Tables (registered with :func:`qcbench.report.register_table`, paper values besi
 | ``table10`` | T10 | PQBackdoor trigger sizes (patch ``size`` × 32 px = the paper's 3×3/4×4/6×6) | model × attack |
 | ``table12`` | T12 | PQBackdoor with input-aware and WaNet triggers | model × attack |
 | ``triggers`` | – | each conventional trigger as a plain (BadNets-poisoned) backdoor, issue #3's bar | attack × model |
+| ``schemes`` | – | each attack in its own quantizer and a deployer's (defenses with ``scheme``) | model × attack |
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from qcbench.report import (
     with_paper,
 )
 
-TABLES = ("table4", "table5", "table7", "table9", "table10", "table12", "triggers")
+TABLES = ("table4", "table5", "table7", "table9", "table10", "table12", "triggers", "schemes")
 #: tables rendered by qcbench.report from the collated metrics whose cells outside the main run
 #: (other datasets or architectures) an ``ablations:`` entry may still name: Table 2
 #: (Tiny-ImageNet), Table 3 (architectures), Table 11 (ImageNette)
@@ -100,7 +101,10 @@ def ablation_cells(cfg: Mapping, fp_defenses=()) -> list[str]:
     defense in ``fp_defenses`` also gets its purified FP model's row), and the clean model's row
     of each (setting, seed) whose attacks start from it (trained anyway; the verdicts table and
     Table 8 compare with it). An entry's ``backends`` (those also in ``eval.backends``) add its
-    8-bit no-defense cells' real-runtime rows (``metrics.<backend>.parquet``)."""
+    8-bit no-defense cells' real-runtime rows (``metrics.<backend>.parquet``). An attack that
+    declares the bit widths it trains against gets cells only at those (as in the main grid)."""
+    from qcbench.attacks import cell_bits
+
     out: list[str] = []
     for spec in ablation_specs(cfg).values():
         for ds, arch in spec["settings"]:
@@ -112,10 +116,11 @@ def ablation_cells(cfg: Mapping, fp_defenses=()) -> list[str]:
                     out.append(f"{base}/w32/none/seed{seed}/metrics.parquet")
                     out += [f"{base}/w32/{d}/seed{seed}/metrics.parquet" for d in spec["defenses"]
                             if d in fp_defenses]  # fmt: skip
-                    for bits in spec["bits"]:
+                    bits_of = cell_bits((cfg.get("attacks") or {}).get(atk) or {}, spec["bits"])
+                    for bits in bits_of:
                         for d in ["none", *spec["defenses"]]:
                             out.append(f"{base}/w{bits}/{d}/seed{seed}/metrics.parquet")
-                    if 8 in spec["bits"]:
+                    if 8 in bits_of:
                         out += [f"{base}/w8/none/seed{seed}/metrics.{b}.parquet" for b in spec["backends"]]
     return list(dict.fromkeys(out))
 
@@ -230,8 +235,10 @@ def _sci(x: float) -> str:
 def _defense_label(ctx: TableContext, d: str) -> str:
     spec = (ctx.config.get("defenses") or {}).get(d) or {}
     if spec.get("method") == "lac":
-        return "LAC+PDA" if spec.get("pda", True) else "LAC"
-    return {"efrap": "EFRAP"}.get(spec.get("method", d), d)
+        label = "LAC+PDA" if spec.get("pda", True) else "LAC"
+    else:
+        label = {"efrap": "EFRAP", "requantize": "no defense"}.get(spec.get("method", d), d)
+    return f"{label}, in {spec['scheme']}" if spec.get("scheme") else label
 
 
 def _paper_pair(ctx, table, ref, attack, bits, defense, variant="", metrics=("ba", "asr")):
@@ -286,6 +293,8 @@ def spec_differences(
 def _model_block(ctx, table, title, spec, variant_of, metrics=("ba", "asr"), paper_bits=True, column_of=None, note=""):
     """The layout of Tables 7, 9, 10, 12: rows = FP model and (bits, defense), columns = attacks;
     ``note`` ends each caption."""
+    from qcbench.attacks import cell_bits
+
     df = _metrics(ctx)
     tid = table.replace("table", "T")
     column_of = column_of or (lambda a: a)
@@ -297,6 +306,9 @@ def _model_block(ctx, table, title, spec, variant_of, metrics=("ba", "asr"), pap
         for label, bits, d, backend in _model_rows(ctx, spec):
             line = [label]
             for a in spec["attacks"]:
+                if bits != 32 and not cell_bits((ctx.config.get("attacks") or {}).get(a) or {}, [bits]):
+                    line.append("–")  # an attack built for other bit widths has no cell here
+                    continue
                 pd_name = (
                     "standard_quant" if (table == "table9" and d == "none" and bits != 32) else paper_defense(d, bits)
                 )
@@ -554,3 +566,23 @@ def triggers(ctx: TableContext) -> list[Block]:
         note = " ".join(notes)
         blocks.append(Block(cap, header, body, note))
     return blocks
+
+
+@register_table("schemes")
+def schemes(ctx: TableContext) -> list[Block]:
+    """Each attack in the quantizer it was built against and in a deployer's: the entry's
+    defenses that name a ``scheme`` (``requantize``: no defense; LAC+PDA …) quantize the FP model
+    with that family instead of the attack's (:mod:`qcbench.defenses.requantize`). Whether a
+    backdoor fires outside its own quantizer is issue #3's pitfall; whether LAC+PDA keeps the
+    FP model's BA depends on the grid it may round to (issue #4's 1-point bar)."""
+    spec = _spec_or_none(ctx, "schemes")
+    if spec is None:
+        return _empty("schemes", "Quantizers (attack's vs deployer's)")
+    attacks = ctx.config.get("attacks") or {}
+    own = lambda a: (attacks.get(a) or {}).get("scheme") or (ctx.config.get("quant") or {}).get("default_scheme")  # noqa: E731
+    return _model_block(
+        ctx, "schemes", "Quantizers: each attack in its own scheme and in the deployer's", spec,
+        lambda a: "", column_of=lambda a: f"{a} ({own(a)}) BA / ASR",
+        note=" Rows without \"in <scheme>\" use the attack's own scheme (in the column header); "
+        "\"–\": the attack is not built for that bit width.",
+    )  # fmt: skip

@@ -149,7 +149,12 @@ def semantic_errors(cfg: dict, workdir: str | Path = ".") -> list[str]:
                 f"registered: {DEFENSES.names()}"
             )
         else:
-            params = {k: v for k, v in spec.items() if k != "method"}
+            params = {k: v for k, v in spec.items() if k not in ("method", "scheme")}
+            if "scheme" in spec and spec["scheme"] not in SCHEMES:
+                out.append(
+                    f"config key 'defenses.{name}.scheme': unknown scheme {spec['scheme']!r}; "
+                    f"registered: {SCHEMES.names()}"
+                )
             try:
                 inspect.signature(DEFENSES.get(spec["method"])).bind(**params)
             except TypeError as err:

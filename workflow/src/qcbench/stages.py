@@ -104,23 +104,30 @@ def run_attack(
     io.save_model(model, out, meta | run | {"bf16_native": bf16_native(device)})
 
 
-def scheme_for(cfg: dict, meta: dict, bits: int):
-    """The cell's quantizer: the attack's declared scheme family (config may override it)."""
-    name = (meta.get("attack") or {}).get("scheme") or cfg["quant"]["default_scheme"]
+def scheme_for(cfg: dict, meta: dict, bits: int, name: str | None = None):
+    """The cell's quantizer: the family ``name`` (a defense entry's ``scheme``) or else the
+    attack's declared scheme family, at ``bits`` (config may override its fields)."""
+    name = name or (meta.get("attack") or {}).get("scheme") or cfg["quant"]["default_scheme"]
     return name, create_scheme(name, bits, **cfg["quant"].get("overrides", {}).get(name, {}))
+
+
+def _quantized(cfg: dict, model: torch.nn.Module, scheme, splits, device) -> torch.nn.Module:
+    """``model`` fake-quantized with ``scheme``, calibrated on the first ``quant.calib_images``
+    defender images (the quantize stage; a defense entry's own ``scheme`` does the same)."""
+    qmodel = quantize_model(model, scheme)
+    q = cfg["quant"]
+    batches = splits.defender.batches(q["calib_batch_size"], limit=q["calib_images"])
+    return calibrate(qmodel, (x.to(device) for x, _ in batches))
 
 
 def quantize(cfg: dict, bits: int, data: str, fp: str, out: str, threads: int = 1) -> None:
     device = setup(cfg, threads)
     splits = load_prepared(data)
     model, meta = io.load_model(fp, device)
-    name, scheme = scheme_for(cfg, meta, bits)
+    # an FP-level defense's purified model: in that defense entry's `scheme` when it names one
+    name, scheme = scheme_for(cfg, meta, bits, (cfg["defenses"].get(meta["defense"]) or {}).get("scheme"))
     t0 = time.perf_counter()
-    qmodel = quantize_model(model, scheme)
-    q = cfg["quant"]
-    calibrate(
-        qmodel, (x.to(device) for x, _ in splits.defender.batches(q["calib_batch_size"], limit=q["calib_images"]))
-    )
+    qmodel = _quantized(cfg, model, scheme, splits, device)
     io.save_model(
         qmodel,
         out,
@@ -142,8 +149,13 @@ def defend(cfg: dict, defense: str, seed: int, data: str, fp: str, quantized: st
     fp_model, _ = io.load_model(fp, device)
     qmodel, meta = io.load_model(quantized, device)
     params = copy.deepcopy(cfg["defenses"][defense])
+    method, family = params.pop("method"), params.pop("scheme", None)
     t0 = time.perf_counter()
-    defended = create_defense(params.pop("method"), params).run(fp_model, qmodel, splits, seed=seed, device=device)
+    if family is not None:  # the deployer's quantizer: the FP model re-quantized in it, then defended
+        family, scheme = scheme_for(cfg, meta, meta["bits"], family)
+        qmodel = _quantized(cfg, fp_model, scheme, splits, device)
+        meta = meta | {"scheme": scheme.to_dict(), "scheme_name": family}
+    defended = create_defense(method, params).run(fp_model, qmodel, splits, seed=seed, device=device)
     io.save_model(defended, out, meta | {"stage": "defend", "defense": defense, "wall_s": time.perf_counter() - t0})
 
 
