@@ -250,10 +250,14 @@ class FakeQuantizer(nn.Module):
         lo, hi = self._minmax(x)
         best_err, best_lo, best_hi = None, lo, hi
         flat = x.detach().flatten(1) if self.per_channel else x.detach().reshape(1, -1)
+        buf = torch.empty_like(flat)
         for i in range(0, 80 if self.per_channel else 95, 4):
             f = 1.0 - 0.01 * i
             s, z = self.qparams(lo * f, hi * f)
-            err = (fake_quant(flat, s[:, None], z[:, None], self.qmin, self.qmax) - flat).pow(2).sum(1)
+            s, z = s[:, None], z[:, None]
+            # fake_quant(flat, s, z) − flat, its arithmetic (x / s, round) in place: the same values
+            err = torch.div(flat, s, out=buf).round_().add_(z).clamp_(self.qmin, self.qmax).sub_(z).mul_(s)
+            err = err.sub_(flat).square_().sum(1)
             if best_err is None:
                 best_err = err
                 continue
