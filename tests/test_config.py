@@ -28,6 +28,8 @@ def test_shipped_configs_are_valid():
         "mobilenet_v2",
         "vit",
     }
+    wide = check_config(load_config(ROOT / "config" / "local.yaml", ROOT / "config" / "wide.yaml"), workdir=ROOT)
+    assert wide["archs"]["resnet_tiny"] == {"width": 32} and wide["run"]["ablations"] == []
 
 
 @pytest.mark.parametrize(
