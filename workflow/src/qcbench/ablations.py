@@ -31,6 +31,7 @@ from qcbench.report import (
     Block,
     TableContext,
     attack_method,
+    attack_spec,
     cell,
     fmt,
     paper_defense,
@@ -116,7 +117,7 @@ def ablation_cells(cfg: Mapping, fp_defenses=()) -> list[str]:
                     out.append(f"{base}/w32/none/seed{seed}/metrics.parquet")
                     out += [f"{base}/w32/{d}/seed{seed}/metrics.parquet" for d in spec["defenses"]
                             if d in fp_defenses]  # fmt: skip
-                    bits_of = cell_bits((cfg.get("attacks") or {}).get(atk) or {}, spec["bits"])
+                    bits_of = cell_bits(attack_spec(cfg, atk), spec["bits"])
                     for bits in bits_of:
                         for d in ["none", *spec["defenses"]]:
                             out.append(f"{base}/w{bits}/{d}/seed{seed}/metrics.parquet")
@@ -282,7 +283,7 @@ def spec_differences(
     any other difference between their cells."""
     specs = {}
     for a in attacks:
-        spec = {"method": a, **(((config.get("attacks") or {}).get(a)) or {})}
+        spec = {"method": a, **attack_spec(config, a)}
         if dataset is not None:
             spec |= (spec.pop("per_dataset", None) or {}).get(dataset) or {}
         specs[a] = spec
@@ -306,7 +307,7 @@ def _model_block(ctx, table, title, spec, variant_of, metrics=("ba", "asr"), pap
         for label, bits, d, backend in _model_rows(ctx, spec):
             line = [label]
             for a in spec["attacks"]:
-                if bits != 32 and not cell_bits((ctx.config.get("attacks") or {}).get(a) or {}, [bits]):
+                if bits != 32 and not cell_bits(attack_spec(ctx.config, a), [bits]):
                     line.append("–")  # an attack built for other bit widths has no cell here
                     continue
                 pd_name = (
@@ -441,7 +442,7 @@ def table9(ctx: TableContext) -> list[Block]:
 
 def _trigger_of(ctx: TableContext, attack: str) -> dict:
     """The trigger entry of ``attack`` in the run's config (empty when absent)."""
-    return ((ctx.config.get("attacks") or {}).get(attack) or {}).get("trigger") or {}
+    return attack_spec(ctx.config, attack).get("trigger") or {}
 
 
 def _patch_side(trig: dict, default: bool = False) -> int | None:
@@ -578,8 +579,10 @@ def schemes(ctx: TableContext) -> list[Block]:
     spec = _spec_or_none(ctx, "schemes")
     if spec is None:
         return _empty("schemes", "Quantizers (attack's vs deployer's)")
-    attacks = ctx.config.get("attacks") or {}
-    own = lambda a: (attacks.get(a) or {}).get("scheme") or (ctx.config.get("quant") or {}).get("default_scheme")  # noqa: E731
+
+    def own(a: str) -> str:  # the attack's declared scheme, as the quantize stage picks it
+        return attack_spec(ctx.config, a).get("scheme") or (ctx.config.get("quant") or {}).get("default_scheme")
+
     return _model_block(
         ctx, "schemes", "Quantizers: each attack in its own scheme and in the deployer's", spec,
         lambda a: "", column_of=lambda a: f"{a} ({own(a)}) BA / ASR",

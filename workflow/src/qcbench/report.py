@@ -257,10 +257,14 @@ def paper_defense(defense: str, bits: int) -> str:
     return PAPER_DEFENSES.get(defense, defense)
 
 
+def attack_spec(config: Mapping, attack: str) -> dict:
+    """The config entry ``attacks.<attack>`` (empty when absent)."""
+    return (config.get("attacks") or {}).get(attack) or {}
+
+
 def attack_method(ctx: TableContext, attack: str) -> str:
     """The registered attack behind a configured attack name (``attacks.<name>.method``)."""
-    spec = (ctx.config.get("attacks") or {}).get(attack) or {}
-    return spec.get("method", attack)
+    return attack_spec(ctx.config, attack).get("method", attack)
 
 
 def reference_setting(ctx: TableContext, table: str, dataset: str, arch: str) -> tuple[str, str]:
@@ -482,7 +486,7 @@ def table8(ctx: TableContext) -> list[Block]:
         body = []
         for a in attacks:
             method = attack_method(ctx, a)
-            spec = (ctx.config.get("attacks") or {}).get(a) or {}
+            spec = attack_spec(ctx.config, a)
             variant = f"attack_bits={spec['bits']}" if method == "compartifact" and "bits" in spec else ""
             paper = [ctx.paper.value("T8", m, *ref, method, 32, "none_fp", variant) for m in ("ba", "asr")]
             rows = fp[fp.attack == a]
