@@ -30,6 +30,11 @@ def test_shipped_configs_are_valid():
     }
     wide = check_config(load_config(ROOT / "config" / "local.yaml", ROOT / "config" / "wide.yaml"), workdir=ROOT)
     assert wide["archs"]["resnet_tiny"] == {"width": 32} and wide["run"]["ablations"] == []
+    # the overlay changes CompArtifact-4's epochs only; the rest of its recipe is the local one's
+    local = check_config(load_config(ROOT / "config" / "local.yaml"), workdir=ROOT)
+    ca4, ca4_local = wide["attacks"]["compartifact4"], local["attacks"]["compartifact4"]
+    assert ca4["epochs"] == 5 and ca4_local["epochs"] == 3
+    assert {k: v for k, v in ca4.items() if k != "epochs"} == {k: v for k, v in ca4_local.items() if k != "epochs"}
 
 
 @pytest.mark.parametrize(
