@@ -195,6 +195,6 @@ def test_mse_observer_picks_the_range_of_least_squared_error(per_channel, bits):
         s, z = q.qparams(lo0 * (1 - 0.01 * i), hi0 * (1 - 0.01 * i))
         errs.append((fake_quant(flat, s[:, None], z[:, None], q.qmin, q.qmax) - flat).pow(2).sum(1))
     best = torch.stack(errs).argmin(0)  # first minimum, as the search keeps the earlier on ties
-    want = torch.stack([1 - 0.01 * 4 * best.float()])[0]
+    want = 1 - 0.01 * 4 * best.float()
     assert torch.allclose(hi, hi0 * want) and torch.allclose(lo, lo0 * want)
     assert bits == 8 or (best > 0).any()  # at 4 bits a heavy tail is clipped

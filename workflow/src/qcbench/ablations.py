@@ -579,9 +579,10 @@ def schemes(ctx: TableContext) -> list[Block]:
     spec = _spec_or_none(ctx, "schemes")
     if spec is None:
         return _empty("schemes", "Quantizers (attack's vs deployer's)")
+    from qcbench.attacks import declared_scheme
 
     def own(a: str) -> str:  # the attack's declared scheme, as the quantize stage picks it
-        return attack_spec(ctx.config, a).get("scheme") or (ctx.config.get("quant") or {}).get("default_scheme")
+        return declared_scheme(attack_spec(ctx.config, a), (ctx.config.get("quant") or {}).get("default_scheme"))
 
     return _model_block(
         ctx, "schemes", "Quantizers: each attack in its own scheme and in the deployer's", spec,

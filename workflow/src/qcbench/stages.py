@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from qcbench import io, provenance
-from qcbench.attacks import create_attack
+from qcbench.attacks import create_attack, declared_scheme
 from qcbench.data import ImageSet, load_prepared, prepare_dataset
 from qcbench.defenses import create_defense
 from qcbench.metrics import evaluate as evaluate_model
@@ -107,7 +107,7 @@ def run_attack(
 def scheme_for(cfg: dict, meta: dict, bits: int, name: str | None = None):
     """The cell's quantizer: the family ``name`` (a defense entry's ``scheme``) or else the
     attack's declared scheme family, at ``bits`` (config may override its fields)."""
-    name = name or (meta.get("attack") or {}).get("scheme") or cfg["quant"]["default_scheme"]
+    name = name or declared_scheme(meta.get("attack"), cfg["quant"]["default_scheme"])
     return name, create_scheme(name, bits, **cfg["quant"].get("overrides", {}).get(name, {}))
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -138,6 +139,12 @@ def cell_bits(params: dict, run_bits) -> list[int]:
         return list(run_bits)
     declared = {int(b) for b in ([declared] if isinstance(declared, int) else declared)}
     return [b for b in run_bits if b in declared]
+
+
+def declared_scheme(params: Mapping | None, default: str | None) -> str | None:
+    """The quantization scheme family an attack's cells use: the ``scheme`` it declares (the
+    quantizer it was built against), else ``default`` (``quant.default_scheme``)."""
+    return (params or {}).get("scheme") or default
 
 
 def create_attack(name: str, params: dict, image_size: int) -> Attack:
