@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from qcbench._registry import Registry
+from qcbench.progress import progress
 
 DATASETS = Registry("dataset")
 register_dataset = DATASETS.register
@@ -151,12 +151,8 @@ def _decode(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images ``item(i) -> (RGB PIL image, label)`` for i < n, decoded one at a time into a preallocated
     uint8 (n, 3, size, size) tensor (see ``_fit``), with their int64 labels; progress on stderr."""
-    from tqdm.auto import tqdm
-
-    from qcbench.train import progress_interval  # here: qcbench.train imports this module
-
     x, y = torch.empty((n, 3, size, size), dtype=torch.uint8), torch.empty(n, dtype=torch.int64)
-    for i in tqdm(range(n), desc=desc, unit="img", file=sys.stderr, mininterval=progress_interval(), leave=False):
+    for i in progress(range(n), desc=desc, unit="img", leave=False):
         try:
             im, y[i] = item(i)
         except DataSourceError:

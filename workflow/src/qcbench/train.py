@@ -11,17 +11,12 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from qcbench.data import ImageSet, augment
+from qcbench.progress import progress
 from qcbench.triggers.base import float32_region  # noqa: F401  (re-exported: a float32 block inside fit's autocast)
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def progress_interval() -> float:
-    """Seconds between progress-bar refreshes: lively on a terminal, sparse in a job's log file."""
-    return 2.0 if sys.stderr.isatty() else 30.0
 
 
 def make_optimizer(params, name: str = "adam", lr: float = 1e-3, weight_decay: float = 0.0, momentum: float = 0.9):
@@ -161,12 +156,10 @@ def fit(
         if bn_eval:
             set_bn_eval(model)
         total, count = 0.0, 0
-        bar = tqdm(
+        bar = progress(
             data.batches(batch_size, shuffle=True, generator=g, limit=samples_per_epoch),
             total=steps,
             desc=f"{desc} {epoch + 1}/{epochs}",
-            file=sys.stderr,
-            mininterval=progress_interval(),
             leave=False,
         )
         for x, y in bar:

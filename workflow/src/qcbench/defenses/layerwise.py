@@ -32,13 +32,12 @@ import time
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from qcbench.data import ImageSet
 from qcbench.defenses.base import Defense
 from qcbench.defenses.units import Unit, capture, capture_outputs, extract_units, unit_inputs
+from qcbench.progress import progress
 from qcbench.quant import fp_view, freeze_weight_ranges
-from qcbench.train import progress_interval
 
 
 def unit_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -96,9 +95,7 @@ class LayerwiseDefense(Defense):
         self.log: list[dict] = []
         units = extract_units(work)
         targets = self.fp_targets(reference, units, calib)
-        for k, unit in enumerate(
-            tqdm(units, desc=f"{self.label} units", file=sys.stderr, mininterval=progress_interval())
-        ):
+        for k, unit in enumerate(progress(units, desc=f"{self.label} units")):
             self.process_unit(work, reference, unit, calib, generator, k, targets.pop(unit.last, None))
         return work
 
