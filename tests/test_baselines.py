@@ -22,7 +22,8 @@ from qcbench.train import train_clean
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINES = ("ft", "fp", "mcr", "nad", "ibau", "ftsam")
-SMALL = {"batch_size": 64, "augmentation": None, "calib_images": 256, "calib_batch_size": 128}
+SMALL = {"batch_size": 64, "augmentation": None}
+CALIB = {"calib_images": 256, "calib_batch_size": 128}
 PARAMS = {
     "ft": {"epochs": 2},
     "fp": {"epochs": 1},
@@ -52,7 +53,7 @@ def test_baseline_keeps_accuracy_and_returns_the_cells_quantized_model(name, cle
     before = copy.deepcopy(model.state_dict())
     defense = create_defense(name, SMALL | PARAMS[name])
     assert isinstance(defense, FPDefense)
-    out = defense.run(model, q, tiny_splits, seed=0, device="cpu")
+    out = defense.run(model, q, tiny_splits, seed=0, device="cpu", **CALIB)
     assert out.qcbench_scheme == q.qcbench_scheme
     mods = [m for m in out.modules() if isinstance(m, QUANT_MODULES)]
     assert len(mods) == len([m for m in q.modules() if isinstance(m, QUANT_MODULES)])
@@ -75,7 +76,8 @@ def test_constructor_defaults_are_the_papers():
     assert sig["ftsam"]["rho"].default == 2.0 and sig["ftsam"]["adaptive"].default is True
     assert sig["ftsam"]["label_smoothing"].default == 0.1
     for n in BASELINES:
-        assert sig[n]["calib_images"].default == 1024
+        # calibration is the quantize stage's (`quant:`), never a defense's own setting
+        assert not {"calib_images", "calib_batch_size"} & set(sig[n])
         assert all(p.kind is p.POSITIONAL_OR_KEYWORD for p in sig[n].values() if p.name != "self")  # no **kwargs
 
 
@@ -105,7 +107,7 @@ def test_fine_pruning_mask_zeroes_exactly_the_chosen_channels(clean, tiny_splits
     assert log[-1]["relative_drop"] >= 0.02 and all(s["relative_drop"] < 0.02 for s in log[:-1])
 
     defense = create_defense("fp", SMALL | {"epochs": 1, "acc_ratio": 0.02, "once_prune_ratio": 0.1})
-    out = defense.run(model, q, tiny_splits, seed=0, device="cpu")
+    out = defense.run(model, q, tiny_splits, seed=0, device="cpu", **CALIB)
     assert torch.equal(defense.pruned, pruned)
     w = out.fc.weight
     assert (w[:, pruned] == 0).all() and (out.fc.quant_weight()[:, pruned] == 0).all()

@@ -10,6 +10,7 @@ from qcbench.quant import (
     fake_quant,
     fp_view,
     quant_modules,
+    quantize_calibrated,
     quantize_model,
     set_bits,
 )
@@ -135,6 +136,28 @@ def test_calibration_freezes_static_ranges(tiny_model):
     before = first.aq.scale.clone()
     qm(torch.rand(4, 1, 28, 28) * 5)  # no recalibration at inference
     assert torch.equal(first.aq.scale, before)
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_quantize_calibrated_uses_the_first_images_in_its_batches(tiny_model, tiny_splits):
+    """The stages' quantize-with-calibration: a copy quantized with the scheme and calibrated on
+    the first ``images`` images of the set, ``batch_size`` at a time (EMA ranges see the batching)."""
+    scheme = QuantScheme(4, 4, observer="ema_minmax")
+    data = tiny_splits.defender
+    got = quantize_calibrated(tiny_model, scheme, data, images=96, batch_size=32)
+    want = calibrate(quantize_model(tiny_model, scheme), [data.x[i : i + 32].float() / 255 for i in (0, 32, 64)])
+    assert not any(isinstance(m, QuantConv2d) for m in tiny_model.modules())  # the input is not touched
+    assert not got.training and got.qcbench_scheme == scheme
+    assert all(torch.equal(v, want.state_dict()[k]) for k, v in _state(got).items())
+    other = quantize_calibrated(tiny_model, scheme, data, images=96, batch_size=96)
+    assert not all(torch.equal(v, other.state_dict()[k]) for k, v in _state(got).items())
+    later = type(data)(data.x.clone(), data.y.clone())
+    later.x[96:] = 255 - later.x[96:]  # images past the first 96 are never seen
+    same = quantize_calibrated(tiny_model, scheme, later, images=96, batch_size=32)
+    assert all(torch.equal(v, same.state_dict()[k]) for k, v in _state(got).items())
 
 
 def test_fold_bn_is_exact_in_full_precision(tiny_model):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from qcbench import io, stages
 from qcbench.ablations import ablation_cells
+from qcbench.cells import quantize_cell
 from qcbench.config import ConfigError, check_config, load_config
 from qcbench.quant import create_scheme
 from qcbench.report import PaperReference, TableContext, render
@@ -53,7 +54,7 @@ def test_requantize_in_a_deployer_scheme_is_the_fp_model_quantized_there(cell):
     assert meta["scheme"] == create_scheme("mqbench_academic", 4).to_dict()
     # the same as quantizing the FP model in that scheme, calibrated as the quantize stage
     fp, fmeta = io.load_model(p["fp"], "cpu")
-    want = stages._quantized(cfg, fp, create_scheme("mqbench_academic", 4), data, torch.device("cpu"))
+    want = quantize_cell(cfg, fp, create_scheme("mqbench_academic", 4), data, torch.device("cpu"))
     x = data.test.x[:64].float() / 255 if data.test.x.dtype == torch.uint8 else data.test.x[:64]
     with torch.no_grad():
         assert torch.equal(got, want(x))

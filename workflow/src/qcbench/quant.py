@@ -33,12 +33,16 @@ import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from qcbench._registry import Registry
+
+if TYPE_CHECKING:
+    from qcbench.data import ImageSet
 
 OBSERVERS = ("dynamic", "minmax", "ema_minmax", "mse")
 SCHEMES = Registry("quantization scheme")
@@ -493,6 +497,37 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
                 m.aq.observing = False
             m.quant_enabled = True
     return model
+
+
+#: calibration defaults (the paper config's ``quant.calib_images`` and ``quant.calib_batch_size``)
+CALIB_IMAGES = 1024
+CALIB_BATCH_SIZE = 32
+
+
+def calibration_batches(
+    data: ImageSet, images: int = CALIB_IMAGES, batch_size: int = CALIB_BATCH_SIZE, device=None
+) -> Iterator[torch.Tensor]:
+    """The first ``images`` images of ``data`` (float in [0, 1], on ``device`` when given) in
+    batches of ``batch_size``; labels dropped."""
+    for x, _ in data.batches(batch_size, limit=images):
+        yield x if device is None else x.to(device)
+
+
+def quantize_calibrated(
+    model: nn.Module,
+    scheme: QuantScheme,
+    data: ImageSet | None,
+    *,
+    images: int = CALIB_IMAGES,
+    batch_size: int = CALIB_BATCH_SIZE,
+    device=None,
+) -> nn.Module:
+    """A copy of ``model`` fake-quantized with ``scheme`` and calibrated (:func:`calibrate`) on
+    the first ``images`` images of ``data`` in batches of ``batch_size``, moved to ``device``:
+    how every stage quantizes a cell (on the defender subset). ``data`` None calibrates the
+    weights only (enough for a ``dynamic`` scheme)."""
+    batches = () if data is None else calibration_batches(data, images, batch_size, device)
+    return calibrate(quantize_model(model, scheme), batches)
 
 
 def freeze_weight_ranges(model: nn.Module) -> None:

@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from qcbench import io, provenance
-from qcbench.attacks import create_attack, declared_scheme
+from qcbench.attacks import create_attack
+from qcbench.cells import calibration, quantize_cell, scheme_for
 from qcbench.data import ImageSet, load_prepared, prepare_dataset
 from qcbench.defenses import create_defense
 from qcbench.metrics import evaluate as evaluate_model
-from qcbench.quant import calibrate, create_scheme, quantize_model
+from qcbench.quant import calibration_batches
 from qcbench.train import bf16_native
 from qcbench.train import train_clean as _train_clean
 from qcbench.triggers import create_trigger
@@ -104,22 +105,6 @@ def run_attack(
     io.save_model(model, out, meta | run | {"bf16_native": bf16_native(device)})
 
 
-def scheme_for(cfg: dict, meta: dict, bits: int, name: str | None = None):
-    """The cell's quantizer: the family ``name`` (a defense entry's ``scheme``) or else the
-    attack's declared scheme family, at ``bits`` (config may override its fields)."""
-    name = name or declared_scheme(meta.get("attack"), cfg["quant"]["default_scheme"])
-    return name, create_scheme(name, bits, **cfg["quant"].get("overrides", {}).get(name, {}))
-
-
-def _quantized(cfg: dict, model: torch.nn.Module, scheme, splits, device) -> torch.nn.Module:
-    """``model`` fake-quantized with ``scheme``, calibrated on the first ``quant.calib_images``
-    defender images (the quantize stage; a defense entry's own ``scheme`` does the same)."""
-    qmodel = quantize_model(model, scheme)
-    q = cfg["quant"]
-    batches = splits.defender.batches(q["calib_batch_size"], limit=q["calib_images"])
-    return calibrate(qmodel, (x.to(device) for x, _ in batches))
-
-
 def quantize(cfg: dict, bits: int, data: str, fp: str, out: str, threads: int = 1) -> None:
     device = setup(cfg, threads)
     splits = load_prepared(data)
@@ -127,7 +112,7 @@ def quantize(cfg: dict, bits: int, data: str, fp: str, out: str, threads: int = 
     # an FP-level defense's purified model: in that defense entry's `scheme` when it names one
     name, scheme = scheme_for(cfg, meta, bits, (cfg["defenses"].get(meta["defense"]) or {}).get("scheme"))
     t0 = time.perf_counter()
-    qmodel = _quantized(cfg, model, scheme, splits, device)
+    qmodel = quantize_cell(cfg, model, scheme, splits, device)
     io.save_model(
         qmodel,
         out,
@@ -153,7 +138,7 @@ def defend(cfg: dict, defense: str, seed: int, data: str, fp: str, quantized: st
     t0 = time.perf_counter()
     if family is not None:  # the deployer's quantizer: the FP model re-quantized in it, then defended
         family, scheme = scheme_for(cfg, meta, meta["bits"], family)
-        qmodel = _quantized(cfg, fp_model, scheme, splits, device)
+        qmodel = quantize_cell(cfg, fp_model, scheme, splits, device)
         meta = meta | {"scheme": scheme.to_dict(), "scheme_name": family}
     defended = create_defense(method, params).run(fp_model, qmodel, splits, seed=seed, device=device)
     io.save_model(defended, out, meta | {"stage": "defend", "defense": defense, "wall_s": time.perf_counter() - t0})
@@ -227,8 +212,7 @@ def evaluate_backend(cfg: dict, backend: str, fp: str, data: str, out: str, keys
     splits = load_prepared(data)
     model, meta = io.load_model(fp, "cpu")
     trigger, target = _attack_of(meta, splits.meta["image_size"])
-    q = cfg["quant"]
-    calib = [x for x, _ in splits.defender.batches(q["calib_batch_size"], limit=q["calib_images"])]
+    calib = list(calibration_batches(splits.defender, **calibration(cfg)))
     t0 = time.perf_counter()
     res = run_backend(backend, model, calib, eval_test(cfg, splits), trigger, target, cfg["eval"]["batch_size"])
     return _write_row(keys | {"bits": 8, "defense": "none"}, meta, res, backend, backend, time.perf_counter() - t0, out)

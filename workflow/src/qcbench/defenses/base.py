@@ -7,7 +7,7 @@ from torch import nn
 
 from qcbench._registry import Registry
 from qcbench.data import Splits
-from qcbench.quant import calibrate, quantize_model
+from qcbench.quant import CALIB_BATCH_SIZE, CALIB_IMAGES, quantize_calibrated
 
 DEFENSES = Registry("defense")
 register_defense = DEFENSES.register
@@ -33,23 +33,32 @@ class Defense(abc.ABC):
 
 class FPDefense(Defense):
     """A defense that purifies the *full-precision* model (the mitigation baselines of LAC's
-    Tables 1-2: FT, FP, MCR, NAD, I-BAU, FT-SAM). :meth:`run` deep-copies ``fp_model``, calls
-    :meth:`purify`, then quantizes the result with the cell's scheme (``qmodel.qcbench_scheme``)
-    and calibrates it on the first ``calib_images`` defender images in batches of
-    ``calib_batch_size`` (as the cell's quantize stage does), as the LAC paper evaluates them.
-    Subclasses pass ``calib_images`` and ``calib_batch_size`` to ``Defense.__init__``."""
+    Tables 1-2: FT, FP, MCR, NAD, I-BAU, FT-SAM). The pipeline purifies with :meth:`purify`
+    (the ``defend_fp`` stage) and quantizes the purified model like any FP model (the quantize
+    stage, calibrated as ``quant:`` says). :meth:`run` does both at once, as the LAC paper
+    evaluates them: it deep-copies ``fp_model``, purifies it, then quantizes the result with the
+    cell's scheme (``qmodel.qcbench_scheme``), calibrated on the first ``calib_images`` defender
+    images in batches of ``calib_batch_size`` (:func:`qcbench.quant.quantize_calibrated`)."""
 
     @abc.abstractmethod
     def purify(self, model: nn.Module, splits: Splits, *, seed: int, device) -> nn.Module:
         """Purify ``model`` (a private copy, on ``device``) and return the purified FP model."""
 
-    def run(self, fp_model: nn.Module, qmodel: nn.Module, splits: Splits, *, seed: int, device) -> nn.Module:
+    def run(
+        self,
+        fp_model: nn.Module,
+        qmodel: nn.Module,
+        splits: Splits,
+        *,
+        seed: int,
+        device,
+        calib_images: int = CALIB_IMAGES,
+        calib_batch_size: int = CALIB_BATCH_SIZE,
+    ) -> nn.Module:
         model = copy.deepcopy(fp_model).to(device)
         model = self.purify(model, splits, seed=seed, device=device).eval()
-        qdefended = quantize_model(model, qmodel.qcbench_scheme)
-        p = self.params
-        batches = splits.defender.batches(p["calib_batch_size"], limit=p["calib_images"])
-        return calibrate(qdefended, (x.to(device) for x, _ in batches))
+        calib = {"images": calib_images, "batch_size": calib_batch_size, "device": device}
+        return quantize_calibrated(model, qmodel.qcbench_scheme, splits.defender, **calib)
 
 
 def is_fp_defense(method: str) -> bool:

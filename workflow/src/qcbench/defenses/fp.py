@@ -105,8 +105,6 @@ class FP(FT):
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
         augmentation: dict | None = PAPER_AUGMENTATION,
-        calib_images: int = 1024,
-        calib_batch_size: int = 32,
     ) -> None:
         FPDefense.__init__(self, **init_params(locals()))
 

@@ -89,8 +89,6 @@ class FT(FPDefense):
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
         augmentation: dict | None = PAPER_AUGMENTATION,
-        calib_images: int = 1024,
-        calib_batch_size: int = 32,
     ) -> None:
         super().__init__(**init_params(locals()))
 

@@ -101,8 +101,6 @@ class FTSAM(FPDefense):
         label_smoothing: float = 0.1,
         cos_t_max: int | None = 100,
         augmentation: dict | None = PAPER_AUGMENTATION,
-        calib_images: int = 1024,
-        calib_batch_size: int = 32,
     ) -> None:
         super().__init__(**init_params(locals()))
 

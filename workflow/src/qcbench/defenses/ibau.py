@@ -97,8 +97,6 @@ class IBAU(FPDefense):
         reg: float = 1e-3,
         portion: float = 0.01,
         augmentation: dict | None = PAPER_AUGMENTATION,
-        calib_images: int = 1024,
-        calib_batch_size: int = 32,
     ) -> None:
         super().__init__(**init_params(locals()))
 

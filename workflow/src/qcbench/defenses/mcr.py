@@ -103,8 +103,6 @@ class MCR(FPDefense):
         ft_batch_size: int = 256,
         ft_lr: float = 0.01,
         augmentation: dict | None = PAPER_AUGMENTATION,
-        calib_images: int = 1024,
-        calib_batch_size: int = 32,
     ) -> None:
         super().__init__(**init_params(locals()))
 

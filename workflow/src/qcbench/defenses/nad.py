@@ -73,8 +73,6 @@ class NAD(FPDefense):
         p: float = 2.0,
         layers: Sequence[str] | None = None,
         augmentation: dict | None = PAPER_AUGMENTATION,
-        calib_images: int = 1024,
-        calib_batch_size: int = 32,
     ) -> None:
         params = init_params(locals())
         params.update(betas=list(betas), layers=None if layers is None else list(layers))

@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from qcbench._registry import Registry
-from qcbench.data import Splits
+from qcbench.data import ImageSet, Splits
 from qcbench.metrics import EVAL_BATCH
+from qcbench.quant import CALIB_BATCH_SIZE, CALIB_IMAGES, QuantScheme, quantize_calibrated
 
 DETECTORS = Registry("detector")
 register_detector = DETECTORS.register
@@ -179,13 +180,20 @@ def check_precision(precision: str) -> int | None:
     return int(m.group(2)) if m.group(2) else None
 
 
-def at_precision(model: nn.Module, precision: str, scheme=None, calib=()) -> nn.Module:
+def at_precision(
+    model: nn.Module,
+    precision: str,
+    scheme: QuantScheme | None = None,
+    calib: ImageSet | None = None,
+    *,
+    images: int = CALIB_IMAGES,
+    batch_size: int = CALIB_BATCH_SIZE,
+) -> nn.Module:
     """``model`` at one precision: as is (``fp32``); PyTorch dynamic int8 quantization of
     {Linear, Conv2d} as Blindspots calls it (``int8_dynamic``: PyTorch converts only the Linear
     layers); or qcbench's simulated fully quantized model (``int<b>_sim``) with ``scheme``,
-    calibrated on ``calib`` batches. Always a copy, on the CPU, in eval mode."""
-    from qcbench.quant import calibrate, quantize_model
-
+    calibrated on the first ``images`` images of ``calib`` in batches of ``batch_size``
+    (:func:`qcbench.quant.quantize_calibrated`). Always a copy, on the CPU, in eval mode."""
     bits = check_precision(precision)
     model = copy.deepcopy(model).cpu().eval()
     if precision == "fp32":
@@ -194,4 +202,4 @@ def at_precision(model: nn.Module, precision: str, scheme=None, calib=()) -> nn.
         return torch.ao.quantization.quantize_dynamic(model, {nn.Linear, nn.Conv2d}, dtype=torch.qint8).eval()
     if scheme is None or scheme.weight_bits != bits:
         raise ValueError(f"precision {precision!r} needs a {bits}-bit quantization scheme, got {scheme}")
-    return calibrate(quantize_model(model, scheme), calib)
+    return quantize_calibrated(model, scheme, calib, images=images, batch_size=batch_size)

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from qcbench import io, provenance
+from qcbench.cells import calibration, scheme_for
 from qcbench.data import load_prepared
 from qcbench.detection.base import DetectionInputs, at_precision, check_precision, create_detector
 from qcbench.metrics import evaluate as evaluate_model
@@ -53,15 +54,11 @@ def attack_of(cfg: dict, meta: dict, attack: str) -> tuple[dict, float]:
 def model_at(cfg: dict, model, meta: dict, precision: str, splits):
     """The model at ``precision``; the simulated ones use the cell's scheme (the attack's, else
     ``quant.default_scheme``), calibrated as the quantize stage does."""
-    from qcbench.stages import scheme_for
-
     bits = check_precision(precision)
     if bits is None:
         return at_precision(model, precision)
     _, scheme = scheme_for(cfg, meta, bits)
-    q = cfg["quant"]
-    calib = [x for x, _ in splits.defender.batches(q["calib_batch_size"], limit=q["calib_images"])]
-    return at_precision(model, precision, scheme, calib)
+    return at_precision(model, precision, scheme, splits.defender, **calibration(cfg))
 
 
 def detect(
