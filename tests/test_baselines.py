@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import yaml
 from qcbench import io
 from qcbench.defenses import DEFENSES, FPDefense, create_defense
-from qcbench.defenses.fp import last_linear, linear_inputs, prune_channels
+from qcbench.defenses.fine_pruning import last_linear, linear_inputs, prune_channels
 from qcbench.defenses.ftsam import asam_perturbation, sam_loss
 from qcbench.defenses.ibau import fixed_point_hypergrad, gradient_step_map
 from qcbench.defenses.mcr import BezierCurve, bezier_point

@@ -1,5 +1,5 @@
 """Fine-pruning as a detector, as the "Quantization Blindspots" benchmark defines it (its
-repository; the canonical fine-pruning is a mitigation, qcbench.defenses.fp).
+repository; the canonical fine-pruning is a mitigation, qcbench.defenses.fine_pruning).
 
 Fine-pruning's premise is that backdoor neurons lie dormant on clean inputs. The mean |output|
 of every channel of every convolution and linear layer (float, simulated or dynamically

@@ -1,4 +1,5 @@
-"""FP: fine-pruning (Liu et al. 2018) as BackdoorBench ``defense/fp.py`` runs it.
+"""Fine-pruning (Liu et al. 2018; registered as ``fp``, its label in LAC's tables) as BackdoorBench
+``defense/fp.py`` runs it.
 
 1. Hook the input of the final linear layer (the last ``nn.Linear`` in execution order,
    :func:`~qcbench.quant.layer_order`: the pooled features of a ResNet) and average each channel
@@ -94,7 +95,7 @@ def prune_channels(
 
 
 @register_defense("fp")
-class FP(FT):
+class FinePruning(FT):
     def __init__(
         self,
         acc_ratio: float = 0.1,
