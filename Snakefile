@@ -24,7 +24,7 @@ include: "workflow/rules/defend.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/detect.smk"
-include: "workflow/rules/ablations.smk"
+include: "workflow/rules/lac_curve.smk"
 
 
 rule all:

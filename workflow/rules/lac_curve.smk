@@ -1,6 +1,5 @@
 # Figure 2's data: LAC+PDA (defense `lac`) on benign, 90:10 mixed and all-poisoned defender data,
 # the whole quantized model's BA/ASR every figures.fig2.eval_every iterations (qcbench.lac_curve).
-# The ablation tables need no rules of their own: their cells are ordinary cells (cell_metrics).
 rule lac_curve:
     input:
         data=data_file,
