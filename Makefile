@@ -66,10 +66,10 @@ format: setup
 dryrun-paper: setup
 	$(SNAKEMAKE) -n --configfile config/config.yaml
 
-# Reviewer archive: results/MANIFEST.sha256 + results/archive/qcbench-<date>-<commit>.tar.gz
-# (workflow, configs, envs + lockfile, container/, paper reference, results); ARCHIVE_OUT=path overrides.
-archive:
-	python3 workflow/scripts/archive.py --root . $(if $(ARCHIVE_OUT),--out $(ARCHIVE_OUT))
+# Reviewer archive (`qcbench archive`): results/MANIFEST.sha256 + results/archive/qcbench-<date>-<commit>.tar.gz
+# (the repository files the README refers to, and results/); ARCHIVE_OUT=path overrides.
+archive: $(VENV)/.installed
+	$(VENV)/bin/qcbench archive --root . $(if $(ARCHIVE_OUT),--out $(ARCHIVE_OUT))
 
 clean:
 	rm -rf results/* resources/data .snakemake

@@ -1,16 +1,15 @@
-"""`make archive` (workflow/scripts/archive.py) on a fake repository with a fake results folder."""
+"""`qcbench archive` (`make archive`) on a fake repository with a fake results folder."""
 
 import hashlib
 import shutil
 import subprocess
-import sys
 import tarfile
+from types import SimpleNamespace
 
 import pytest
+from qcbench.cli import main
 
 from .conftest import ROOT
-
-SCRIPT = ROOT / "workflow" / "scripts" / "archive.py"
 
 
 @pytest.fixture
@@ -19,6 +18,7 @@ def fake_repo(tmp_path):
         "Snakefile": "rule all:\n    input: []\n",
         "workflow/rules/x.smk": "# rules\n",
         "workflow/src/qcbench/__init__.py": "",
+        "workflow/src/qcbench/reference/paper-reference.csv": "table,cell,ba,asr\n1,x,93.1,1.2\n",
         "workflow/src/qcbench/__pycache__/__init__.cpython-311.pyc": "junk",
         "workflow/src/qcbench.egg-info/PKG-INFO": "junk",
         "workflow/profiles/slurm/config.yaml": "executor: slurm\n",
@@ -27,8 +27,11 @@ def fake_repo(tmp_path):
         "envs/requirements.lock": "torch==2.14.1\nnumpy==2.4.6\n",
         "container/qcbench.def": "Bootstrap: docker\nFrom: python:3.11\n",
         "container/qcbench.sif": "a built image, never archived",
-        "resources/paper-reference.csv": "table,cell,ba,asr\n1,x,93.1,1.2\n",
         "resources/data/big.safetensors": "not archived",
+        "tests/test_x.py": "def test_x():\n    pass\n",
+        "tests/__pycache__/test_x.cpython-311.pyc": "junk",
+        "docs/measurements.md": "# measurements\n",
+        ".ci/run": "#!/bin/sh\nmake test\n",
         "pyproject.toml": "[project]\nname='qcbench'\n",
         "README.md": "# qcbench\n",
         "Makefile": "all:\n",
@@ -46,13 +49,17 @@ def fake_repo(tmp_path):
     return tmp_path
 
 
-def run_archive(root, *args):
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), "--root", str(root), *args], capture_output=True, text=True, timeout=60
-    )
+@pytest.fixture
+def run_archive(capsys):
+    def run(root, *args):
+        rc = main(["archive", "--root", str(root), *map(str, args)])
+        out = capsys.readouterr()
+        return SimpleNamespace(returncode=rc, stdout=out.out, stderr=out.err)
+
+    return run
 
 
-def test_manifest_and_archive(fake_repo):
+def test_manifest_and_archive(fake_repo, run_archive):
     out = run_archive(fake_repo)
     assert out.returncode == 0, out.stderr
     manifest = (fake_repo / "results" / "MANIFEST.sha256").read_text().splitlines()
@@ -90,9 +97,13 @@ def test_manifest_and_archive(fake_repo):
         "envs/requirements.lock",
         "envs/requirements.txt",
         "container/qcbench.def",
-        "resources/paper-reference.csv",
+        "workflow/src/qcbench/reference/paper-reference.csv",
+        "tests/test_x.py",
+        "docs/measurements.md",
+        ".ci/run",
         "pyproject.toml",
         "README.md",
+        "Makefile",
         "results/metrics.parquet",
         "results/logs/train_clean/seed0.log",
         "results/MANIFEST.sha256",
@@ -104,23 +115,29 @@ def test_manifest_and_archive(fake_repo):
     assert not any("__pycache__" in m or "egg-info" in m for m in members)
 
 
-def test_explicit_output_path_and_missing_metrics(fake_repo, tmp_path_factory):
+def test_explicit_output_path_and_missing_metrics(fake_repo, tmp_path_factory, run_archive):
     (fake_repo / "results" / "metrics.parquet").unlink()
-    (fake_repo / "resources" / "paper-reference.csv").unlink()
     target = tmp_path_factory.mktemp("out") / "review.tar.gz"
     out = run_archive(fake_repo, "--out", str(target))
     assert out.returncode == 0, out.stderr
-    assert "metrics.parquet is missing" in out.stderr and "no paper-reference" in out.stderr
+    assert "metrics.parquet is missing" in out.stderr and str(target) in out.stdout
     with tarfile.open(target) as tar:
         members = {n.split("/", 1)[1] for n in tar.getnames()}
-    assert "results/tables/table1.md" in members and "resources/paper-reference.csv" not in members
+    assert "results/tables/table1.md" in members and "results/metrics.parquet" not in members
 
 
-def test_manifest_only_and_no_results(fake_repo, tmp_path):
+def test_manifest_only_and_no_results(fake_repo, tmp_path, run_archive):
     out = run_archive(fake_repo, "--manifest-only")
     assert out.returncode == 0 and not any((fake_repo / "results" / "archive").glob("qcbench-*"))
     assert "metrics.parquet" in (fake_repo / "results" / "MANIFEST.sha256").read_text()
     empty = tmp_path / "empty"
     empty.mkdir()
     out = run_archive(empty)
-    assert out.returncode != 0 and "does not exist" in out.stderr
+    assert out.returncode == 2 and "does not exist" in out.stderr
+
+
+def test_make_archive_runs_the_qcbench_command():
+    out = subprocess.run(["make", "-n", "-C", str(ROOT), "archive", "VENV=/opt/venv", "ARCHIVE_OUT=/tmp/a.tar.gz"],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "/opt/venv/bin/qcbench archive --root . --out /tmp/a.tar.gz" in out.stdout

@@ -1,5 +1,5 @@
 """``qcbench`` command line: inspect the registries, check configuration files, purify a received model,
-measure a trigger's natural rate per target class."""
+measure a trigger's natural rate per target class, archive a finished run for reviewers."""
 
 from __future__ import annotations
 
@@ -112,6 +112,36 @@ def _natural_rate(args) -> int:
     return 0
 
 
+def _archive(args) -> int:
+    from pathlib import Path
+
+    from qcbench.archive import MANIFEST, ArchiveError, build_archive, write_manifest
+
+    root = Path(args.root)
+    try:
+        if args.manifest_only:
+            print(write_manifest(root.resolve()))
+            return 0
+        out = build_archive(root, Path(args.out) if args.out else None)
+    except ArchiveError as err:
+        print(f"qcbench archive: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {root / 'results' / MANIFEST} and {out}")
+    return 0
+
+
+def _add_archive(sub) -> None:
+    p = sub.add_parser(
+        "archive",
+        help="write results/MANIFEST.sha256 and a reviewer tar.gz of the run and the repository",
+        description="Write results/MANIFEST.sha256 (sha256sum -c format) and one tar.gz holding "
+        "results/ and the repository files needed to check and rerun it (qcbench.archive).",
+    )
+    p.add_argument("--root", default=".", help="repository root (default: .)")
+    p.add_argument("--out", help="archive path (default: results/archive/qcbench-<date>-<commit>.tar.gz)")
+    p.add_argument("--manifest-only", action="store_true", help="only write results/MANIFEST.sha256")
+
+
 def _add_natural_rate(sub) -> None:
     p = sub.add_parser(
         "natural-rate",
@@ -166,8 +196,15 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--workdir", default=".", help="folder relative data paths are resolved from")
     _add_purify(sub)
     _add_natural_rate(sub)
+    _add_archive(sub)
     args = parser.parse_args(argv)
-    commands = {"list": _list, "check-config": _check, "purify": _purify, "natural-rate": _natural_rate}
+    commands = {
+        "list": _list,
+        "check-config": _check,
+        "purify": _purify,
+        "natural-rate": _natural_rate,
+        "archive": _archive,
+    }
     return commands[args.command](args)
 
 

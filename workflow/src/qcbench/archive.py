@@ -1,18 +1,19 @@
 """Reviewer archive of a run: results/MANIFEST.sha256 plus one tar.gz with everything needed to
-check and rerun it (workflow, configs, envs + lockfile, container recipes, paper-reference numbers,
-results and the manifest).
+check and rerun it: the repository files its README refers to (Snakefile, workflow/ with the
+library and its paper-reference numbers, config/, envs/ with the lockfile, container/, tests/,
+docs/, .ci/, Makefile, pyproject.toml, README.md), all of results/ and the manifest.
 
-    make archive                     # = python3 workflow/scripts/archive.py
-    python3 workflow/scripts/archive.py --root . --out /somewhere/qcbench-run.tar.gz
+    make archive                     # = qcbench archive --root .
+    qcbench archive --root . --out /somewhere/qcbench-run.tar.gz
 
-Not a rule script: a standalone command, standard library only. The manifest lists the SHA-256 of
-every file under results/ except itself and results/archive/ (where archives go by default), with
-paths relative to results/, in `sha256sum` format: `cd results && sha256sum -c MANIFEST.sha256`.
+Not a pipeline stage: a command run on a finished run's checkout, standard library only. The
+manifest lists the SHA-256 of every file under results/ except itself and results/archive/ (where
+archives go by default), with paths relative to results/, in `sha256sum` format:
+`cd results && sha256sum -c MANIFEST.sha256`.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import hashlib
 import io
@@ -23,11 +24,26 @@ from pathlib import Path
 
 MANIFEST = "MANIFEST.sha256"
 ARCHIVE_DIR = "archive"  # results/archive/: default home of the archives, never archived itself
-WORKFLOW_ITEMS = ["Snakefile", "workflow", "config", "envs", "container", "pyproject.toml", "README.md", "Makefile"]
-LOCKFILE = "envs/requirements.lock"
-PAPER_REFERENCE = ["resources/paper-reference.csv", "config/paper-reference.csv"]
+#: the repository files and folders archived beside results/ (resources/, the datasets, is not)
+REPOSITORY_ITEMS = [
+    "Snakefile",
+    "workflow",
+    "config",
+    "envs",
+    "container",
+    "tests",
+    "docs",
+    ".ci",
+    "Makefile",
+    "pyproject.toml",
+    "README.md",
+]
 SKIP_NAMES = {"__pycache__", ".pytest_cache", ".ruff_cache", ".snakemake"}
 SKIP_SUFFIXES = (".pyc", ".sif", ".simg", ".egg-info")
+
+
+class ArchiveError(RuntimeError):
+    """Nothing to archive (no results folder)."""
 
 
 def sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -53,7 +69,7 @@ def write_manifest(root: Path, exclude: set[Path] = frozenset()) -> Path:
     """Write results/MANIFEST.sha256 (sorted, `sha256sum -c` compatible) and return its path."""
     results = root / "results"
     if not results.is_dir():
-        raise SystemExit(f"archive: {results} does not exist; run the workflow first")
+        raise ArchiveError(f"{results} does not exist; run the workflow first")
     lines = [f"{sha256(p)}  {p.relative_to(results).as_posix()}\n" for p in _result_files(results, exclude)]
     manifest = results / MANIFEST
     manifest.write_text("".join(lines))
@@ -85,7 +101,7 @@ def _skip(path: Path) -> bool:
 
 def _members(root: Path, out: Path) -> list[Path]:
     """Relative paths of every file that goes into the archive, sorted."""
-    items = [*WORKFLOW_ITEMS, LOCKFILE, *PAPER_REFERENCE, "results"]
+    items = [*REPOSITORY_ITEMS, "results"]
     found: set[Path] = set()
     for item in items:
         p = root / item
@@ -111,7 +127,7 @@ def build_archive(root: Path, out: Path | None = None) -> Path:
     """Write the manifest, then the tar.gz; return the archive's path."""
     root = root.resolve()
     if not (root / "results").is_dir():
-        raise SystemExit(f"archive: {root / 'results'} does not exist; run the workflow first")
+        raise ArchiveError(f"{root / 'results'} does not exist; run the workflow first")
     tag = git_tag(root)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d")
     name = f"qcbench-{stamp}-{tag}"
@@ -121,8 +137,6 @@ def build_archive(root: Path, out: Path | None = None) -> Path:
     results = root / "results"
     if not (results / "metrics.parquet").is_file():
         print("archive: warning: results/metrics.parquet is missing (an incomplete run?)", file=sys.stderr)
-    if not any((root / p).is_file() for p in PAPER_REFERENCE):
-        print(f"archive: note: no paper-reference numbers at {' or '.join(PAPER_REFERENCE)}", file=sys.stderr)
     info = (
         f"qcbench reviewer archive\ncommit: {tag}\ncreated: {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}\n"
         f"check the results: cd results && sha256sum -c {MANIFEST}\n"
@@ -137,23 +151,3 @@ def build_archive(root: Path, out: Path | None = None) -> Path:
         tar.addfile(ti, io.BytesIO(info))
     tmp.replace(out)
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--root", type=Path, default=Path("."), help="repository root (default: .)")
-    ap.add_argument(
-        "--out", type=Path, default=None, help="archive path (default: results/archive/qcbench-<date>-<commit>.tar.gz)"
-    )
-    ap.add_argument("--manifest-only", action="store_true", help="only write results/MANIFEST.sha256")
-    args = ap.parse_args(argv)
-    if args.manifest_only:
-        print(write_manifest(args.root.resolve()))
-        return 0
-    out = build_archive(args.root, args.out)
-    print(f"wrote {args.root / 'results' / MANIFEST} and {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
