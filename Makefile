@@ -22,13 +22,20 @@ slurm-conf: system-packages
 	@tests/slurm/cluster.sh conf
 
 # Make `snakemake --profile slurm` (and `--profile slurm-local`) resolve: link the repository's
-# profiles into Snakemake's user config dir; a real (non-link) folder there is left alone.
+# profiles into Snakemake's user config dir. A link to another checkout's profiles is relinked to
+# this checkout (said so: the last clone set up is the one `--profile slurm` uses); a real
+# (non-link) folder there is left alone, with a warning.
 PROFILE_HOME ?= $${XDG_CONFIG_HOME:-$$HOME/.config}/snakemake
 profiles:
 	@mkdir -p "$(PROFILE_HOME)"; for p in slurm slurm-local; do \
-	  dst="$(PROFILE_HOME)/$$p"; \
-	  if [ -e "$$dst" ] && [ ! -L "$$dst" ]; then echo "profiles: $$dst exists and is not a link; left alone"; \
-	  else ln -sfn "$(CURDIR)/workflow/profiles/$$p" "$$dst"; fi; done
+	  src="$(CURDIR)/workflow/profiles/$$p"; dst="$(PROFILE_HOME)/$$p"; \
+	  if [ -L "$$dst" ]; then \
+	    old=$$(readlink "$$dst"); \
+	    if [ "$$old" != "$$src" ]; then \
+	      ln -sfn "$$src" "$$dst" && echo "profiles: $$dst pointed at $$old; relinked to $$src"; fi; \
+	  elif [ -e "$$dst" ]; then \
+	    echo "profiles: warning: $$dst is not a link; left alone (--profile $$p uses it, not $$src)" >&2; \
+	  else ln -s "$$src" "$$dst" && echo "profiles: linked $$dst -> $$src"; fi; done
 
 $(VENV)/.installed: envs/requirements.txt envs/requirements.lock pyproject.toml
 	python3 -m venv $(VENV)

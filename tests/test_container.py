@@ -170,3 +170,26 @@ def test_make_profiles_makes_the_bare_names_resolve(tmp_path):
     assert found[0].parent == tmp_path / "snakemake" / "slurm"
     assert found[0].samefile(ROOT / "workflow" / "profiles" / "slurm" / "config.yaml")
     assert found[1].samefile(ROOT / "workflow" / "profiles" / "slurm-local" / "config.yaml")
+
+
+def test_make_profiles_relinks_another_checkouts_profiles_and_says_so(tmp_path):
+    """A second clone's `make setup` takes the names over from the first clone, loudly; a folder
+    of the user's own is never replaced."""
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "home")}
+    home = tmp_path / "home" / "snakemake"
+    home.mkdir(parents=True)
+    other = tmp_path / "first-clone" / "workflow" / "profiles" / "slurm"
+    other.mkdir(parents=True)
+    (home / "slurm").symlink_to(other)
+    (home / "slurm-local").mkdir()  # a profile of the user's own
+
+    def make_profiles():
+        cmd = ["make", "-s", "-C", str(ROOT), "profiles"]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=True)
+
+    out = make_profiles()
+    assert (home / "slurm").resolve() == (ROOT / "workflow" / "profiles" / "slurm").resolve()
+    assert f"pointed at {other}; relinked" in out.stdout
+    assert (home / "slurm-local").is_dir() and not (home / "slurm-local").is_symlink()
+    assert "slurm-local is not a link; left alone" in out.stderr
+    assert make_profiles().stdout == ""  # already this checkout's: nothing to say
