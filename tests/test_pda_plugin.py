@@ -9,6 +9,7 @@ from qcbench.defenses import DEFENSES, create_defense, is_fp_defense
 from qcbench.defenses.lac import bn_stat_distance
 from qcbench.defenses.pda_plugin import pda_images, whole_model_unit
 from qcbench.models import create_model
+from qcbench.package_data import PAPER_REFERENCE
 from qcbench.report import PaperReference, TableContext, render
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +63,7 @@ def test_table6_renders_rows_attacks_and_paper_values():
     for d, ba, asr in (("none", 90.0, 95.0), ("nad", 88.0, 5.0), ("nad_pda", 88.5, 3.0)):
         rows.append({"dataset": "fashion_mnist", "arch": "resnet_tiny", "attack": "badnets", "bits": 32,
                      "defense": d, "seed": 0, "backend": "sim", "ba": ba, "asr": asr})  # fmt: skip
-    ctx = TableContext(pd.DataFrame(rows), cfg, PaperReference.load(ROOT / "config" / "paper-reference.csv"))
+    ctx = TableContext(pd.DataFrame(rows), cfg, PaperReference.load(PAPER_REFERENCE))
     md = render("table6", ctx)["md"]
     assert "NAD + PDA" in md and "FT-SAM + PDA" in md and "badnets" in md
     assert "94.00" in md  # DER of NAD: [(95 - 5) - (90 - 88) + 100] / 2 %

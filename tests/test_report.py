@@ -2,9 +2,8 @@
 
 import pandas as pd
 import pytest
+from qcbench.package_data import PAPER_REFERENCE
 from qcbench.report import NOT_PRODUCED, Block, PaperReference, TableContext, cell, render, to_html, to_markdown
-
-from .conftest import ROOT
 
 PAPER = pd.DataFrame(
     [
@@ -103,7 +102,7 @@ def test_html_has_one_fragment_per_block_with_caption_and_escaping():
 
 
 def test_paper_only_tables_show_the_papers_numbers_beside_not_yet_produced():
-    paper = PaperReference.load(ROOT / "config" / "paper-reference.csv")
+    paper = PaperReference.load(PAPER_REFERENCE)
     df = pd.DataFrame([_row("none", 4, 86.0, 85.0, attack="qa"), _row("lac", 4, 87.0, 5.0, attack="qa", der=90.0)])
     ctx = TableContext(df, {"attacks": {"qa": {"method": "qu_anti_zation"}}}, paper)
     t2 = render("table2", ctx)

@@ -12,6 +12,7 @@ import matplotlib.image as mpimg
 import pandas as pd
 import pytest
 from qcbench import figures, io, stages
+from qcbench.package_data import PAPER_REFERENCE
 from qcbench.report import TABLES, PaperReference, TableContext, table_inputs
 
 from .conftest import ROOT
@@ -57,7 +58,7 @@ def report(tmp_path_factory, idx_dir):
         io.write_parquet(pd.DataFrame([row]).astype(io.METRIC_COLUMNS), path)
         cells.append(str(path))
     stages.collate(cells, str(res / "metrics.parquet"))
-    paper = ROOT / "config" / "paper-reference.csv"
+    paper = PAPER_REFERENCE
     # tables that need extra collated inputs (detection, ...) cannot be fabricated here
     tables = [t for t in TABLES.names() if not table_inputs(t)]
     for t in tables:

@@ -17,11 +17,13 @@ from qcbench.attacks import cell_bits, init_source
 from qcbench.config import ConfigError, check_config
 from qcbench.defenses import is_fp_defense
 from qcbench.figures import FIGURES, figure_inputs, figure_names
+from qcbench.package_data import CONFIG_SCHEMA, PAPER_REFERENCE
 from qcbench.report import TABLES, table_inputs
 
-SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
-# the paper's reported numbers, joined into the tables (config/paper-reference.md)
-PAPER_CSV = str(Path(workflow.basedir) / "config" / "paper-reference.csv")
+# shipped inside the package: the config schema and the paper's reported numbers, joined into
+# the tables (qcbench/reference/paper-reference.md)
+SCHEMA = CONFIG_SCHEMA
+PAPER_CSV = str(PAPER_REFERENCE)
 # optional sections set to null by a later --configfile are absent (snakemake's validate fills
 # schema defaults into sections and cannot descend into a null one)
 for _section in ("detection", "table6", "figures"):

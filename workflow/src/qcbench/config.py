@@ -1,4 +1,4 @@
-"""Configuration checks: the JSON schema (``workflow/schemas/config.schema.yaml``) plus what a
+"""Configuration checks: the JSON schema (``qcbench/schemas/config.schema.yaml``) plus what a
 schema cannot know — registry names, cross references and data paths. Every problem is
 reported with the config key and value at fault, before any job runs."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
+from qcbench.package_data import CONFIG_SCHEMA as SCHEMA
 
 
 class ConfigError(ValueError):
