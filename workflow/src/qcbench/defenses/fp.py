@@ -95,6 +95,8 @@ def prune_channels(
 
 @register_defense("fp")
 class FP(FT):
+    label = "FP"
+
     def __init__(
         self,
         acc_ratio: float = 0.1,

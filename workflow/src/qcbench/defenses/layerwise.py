@@ -51,7 +51,7 @@ class LayerwiseDefense(Defense):
     variable (:meth:`begin_unit`), its extra loss (:meth:`unit_penalty`) and how it is hardened
     (:meth:`harden`), and may transform the cached inputs (:meth:`prepare_inputs`)."""
 
-    label = "layerwise"  # used in progress messages
+    name = "layerwise"  # the registered method (create_defense sets it), in progress messages
     # optional fn(qmodel, iteration) called after every optimiser step (Figure 2's curve)
     on_step = None
 
@@ -97,7 +97,7 @@ class LayerwiseDefense(Defense):
         units = extract_units(work)
         targets = self.fp_targets(reference, units, calib)
         for k, unit in enumerate(
-            tqdm(units, desc=f"{self.label} units", file=sys.stderr, mininterval=progress_interval())
+            tqdm(units, desc=f"{self.name} units", file=sys.stderr, mininterval=progress_interval())
         ):
             self.process_unit(work, reference, unit, calib, generator, k, targets.pop(unit.last, None))
         return work
@@ -148,7 +148,7 @@ class LayerwiseDefense(Defense):
             self.log = []
         self.log.append(entry)
         print(
-            f"{self.label} unit {index} {unit.modules}: {entry['iterations']} iterations, loss {entry['loss']:.5f}",
+            f"{self.name} unit {index} {unit.modules}: {entry['iterations']} iterations, loss {entry['loss']:.5f}",
             file=sys.stderr,
             flush=True,
         )
