@@ -9,7 +9,7 @@ from qcbench.defenses import DEFENSES, create_defense, is_fp_defense
 from qcbench.defenses.lac import bn_stat_distance
 from qcbench.defenses.pda_plugin import pda_images, whole_model_unit
 from qcbench.models import create_model
-from qcbench.report import PaperReference, TableContext, render
+from qcbench.tables import PaperReference, TableContext, render
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,7 @@ import matplotlib.image as mpimg
 import pandas as pd
 import pytest
 from qcbench import figures, io, stages
-from qcbench.report import TABLES, PaperReference, TableContext, table_inputs
+from qcbench.tables import TABLES, PaperReference, TableContext, table_inputs
 
 from .conftest import ROOT
 from .fabricate import CONFIG, lac_curve, make_cell, metrics_rows
