@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from qcbench.attacks import cell_bits
 from qcbench.plan import attack_spec
 from qcbench.tables._base import (
     NOT_PRODUCED,
@@ -29,25 +30,30 @@ def metrics_of(ctx: TableContext) -> pd.DataFrame:
 
 
 def sim_metrics(ctx: TableContext) -> pd.DataFrame:
+    """The collated metrics of the simulated quantizer (no real int8 runtime rows)."""
     df = metrics_of(ctx)
     return df[df.backend == "sim"]
 
 
 def spec_settings(ctx: TableContext, table: str, spec: dict):
+    """(dataset, arch, the paper's setting to compare with) of each setting of a table's spec."""
     for ds, arch in spec.get("settings") or [(d, a) for d in spec["datasets"] for a in spec["archs"]]:
         yield ds, arch, reference_setting(ctx, table.upper().replace("TABLE", "T"), ds, arch)
 
 
 def unconfigured(table: str, title: str) -> list[Block]:
+    """The one block of a table the config gives no cells."""
     return [Block(f"{title}: no cells configured (config key 'ablations.{table}').", ["–"], [[NOT_PRODUCED]])]
 
 
 def seeds_note(group: pd.DataFrame, want: list[int]) -> str:
+    """The note " [k of n seeds]" after a cell with fewer seeds than the spec asks for."""
     have = sorted(int(s) for s in group.seed.unique()) if not group.empty else []
     return "" if group.empty or len(have) >= len(want) else f" [{len(have)} of {len(want)} seeds]"
 
 
 def paper_pair(ctx, table, ref, attack, bits, defense, variant="", metrics=("ba", "asr")):
+    """The paper's numbers of ``metrics`` for one key in its setting ``ref`` (None where it has none)."""
     return [ctx.paper.value(table, m, ref[0], ref[1], attack, bits, defense, variant) for m in metrics]
 
 
@@ -64,10 +70,8 @@ def model_rows(ctx: TableContext, spec: dict) -> list[tuple[str, int, str, str]]
 
 
 def model_block(ctx, table, title, spec, variant_of, metrics=("ba", "asr"), paper_bits=True, column_of=None, note=""):
-    """The layout of Tables 7, 9, 10, 12: rows = FP model and (bits, defense), columns = attacks;
+    """The layout of Tables 7, 9, 10, 12 and ``schemes``: rows = FP model and (bits, defense), columns = attacks;
     ``note`` ends each caption."""
-    from qcbench.attacks import cell_bits
-
     df = metrics_of(ctx)
     tid = table.replace("table", "T")
     column_of = column_of or (lambda a: a)
