@@ -1,13 +1,14 @@
-"""The ablation tables (qcbench.ablations): cells from the config, paper values joined by key,
+"""The ablation tables (qcbench.tables.ablations): cells from the config, paper values joined by key,
 "not yet produced" where a cell is missing; the cells `all` plans."""
 
 import copy
 
 import pandas as pd
 import pytest
-from qcbench.ablations import ablation_cells, ablation_specs, spec_differences, table_spec
 from qcbench.config import ConfigError, check_config, load_config
-from qcbench.report import NOT_PRODUCED, TABLES, PaperReference, TableContext, render
+from qcbench.plan import ablation_cells, ablation_specs, table_spec
+from qcbench.tables import NOT_PRODUCED, TABLES, PaperReference, TableContext, render
+from qcbench.tables.ablations import spec_differences
 
 from .conftest import ROOT
 
@@ -288,9 +289,17 @@ def test_an_ablation_entry_evaluates_its_8bit_cells_in_the_listed_real_runtimes(
     assert "| 8-bit, torch_x86 (real int8 runtime) | 87.50 / 3.25 |" in md
     assert "| 8-bit, no defense | 88.00 / 97.00 (paper – / 98.82) |" in md  # the sim row ignores the real one
     assert "4-bit, torch_x86" not in md and "torch_qnnpack (real" not in md
-    from qcbench.ablations import config_errors
+    from qcbench.plan import config_errors
 
     assert not [e for e in config_errors(cfg) if "backends" in e]
     cfg["ablations"]["table10"]["backends"].append("tflite")
     errs = config_errors(cfg)
     assert any("'ablations.table10.backends.2'" in e and "'tflite'" in e and "torch_x86" in e for e in errs)
+
+
+def test_the_planned_tables_are_registered():
+    """Every table the planning module plans cells for is a table the workflow renders."""
+    from qcbench.plan import ABLATION_TABLES, CELL_TABLES
+
+    assert set(ABLATION_TABLES) | set(CELL_TABLES) <= set(TABLES.names())
+    assert not set(ABLATION_TABLES) & set(CELL_TABLES)

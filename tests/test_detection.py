@@ -17,10 +17,10 @@ from qcbench.detection.base import NoGradientError, mad_anomaly, require_input_g
 from qcbench.detection.run import detect
 from qcbench.detection.spectral import outlier_scores
 from qcbench.detection.strip import strip_entropy
-from qcbench.detection.table import status_cell
 from qcbench.models import create_model
 from qcbench.quant import QuantConv2d, create_scheme
-from qcbench.report import TableContext, render
+from qcbench.tables import TableContext, render
+from qcbench.tables.detection import status_cell
 from qcbench.train import train_clean
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ from qcbench.defenses.lac import bn_stat_distance
 from qcbench.defenses.pda_plugin import pda_images, whole_model_unit
 from qcbench.models import create_model
 from qcbench.package_data import PAPER_REFERENCE
-from qcbench.report import PaperReference, TableContext, render
+from qcbench.tables import PaperReference, TableContext, render
 
 ROOT = Path(__file__).resolve().parents[1]
 

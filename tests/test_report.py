@@ -2,8 +2,23 @@
 
 import pandas as pd
 import pytest
+from qcbench.config import load_config
+from qcbench.defenses import DEFENSES, Defense
 from qcbench.package_data import PAPER_REFERENCE
-from qcbench.report import NOT_PRODUCED, Block, PaperReference, TableContext, cell, render, to_html, to_markdown
+from qcbench.tables import (
+    NO_DEFENSE,
+    NOT_PRODUCED,
+    Block,
+    PaperReference,
+    TableContext,
+    cell,
+    defense_label,
+    render,
+    to_html,
+    to_markdown,
+)
+
+from .conftest import ROOT
 
 PAPER = pd.DataFrame(
     [
@@ -116,3 +131,45 @@ def test_paper_only_tables_show_the_papers_numbers_beside_not_yet_produced():
     assert f"| 4-bit, LAC+PDA (ours) | {NOT_PRODUCED} (paper 79.21 / 0.71) |" in t11
     assert "Table 1 (fashion_mnist, resnet_tiny)" in render("table1", ctx)["md"]
     assert "tinyimagenet" not in render("table1", ctx)["md"]
+
+
+@pytest.mark.parametrize("method", DEFENSES.names())
+def test_every_defense_class_declares_its_own_label(method):
+    """A registered defense prints as its class's ``label`` (declared on the class itself, not
+    inherited: FP is an FT, NAD + PDA a NAD) wherever an entry of that method is a row."""
+    cls = DEFENSES.get(method)
+    assert isinstance(cls.__dict__.get("label"), str) and cls.label
+    assert defense_label({"defenses": {"x": {"method": method}}}, "x") == cls.label
+
+
+def test_labels_resolve_entry_method_class_and_the_entrys_switches():
+    cfg = load_config(ROOT / "config" / "local.yaml")
+    shown = {d: defense_label(cfg, d) for d in ("none", "lac", "lac_only", "efrap", "ft", "fp", "mcr", "nad",
+                                                "ibau", "ftsam", "nad_pda", "ftsam_pda")}  # fmt: skip
+    assert shown == {
+        "none": NO_DEFENSE, "lac": "LAC+PDA (ours)", "lac_only": "LAC", "efrap": "EFRAP", "ft": "FT", "fp": "FP",
+        "mcr": "MCR", "nad": "NAD", "ibau": "I-BAU", "ftsam": "FT-SAM", "nad_pda": "NAD + PDA",
+        "ftsam_pda": "FT-SAM + PDA",
+    }  # fmt: skip
+    assert defense_label(cfg, "lac_g1e-4", ours=False) == "LAC+PDA"  # a variant of LAC+PDA: its method's label
+    assert defense_label(cfg, "academic") == "no defense, in mqbench_academic"  # requantize in a deployer's scheme
+    assert defense_label(cfg, "lac_academic", ours=False) == "LAC+PDA, in mqbench_academic"
+    assert defense_label({}, "lac") == "LAC+PDA (ours)"  # an entry named after its method needs no config
+    assert defense_label(cfg, "no_such_defense") == "no_such_defense"
+
+
+def test_a_new_defense_appears_in_the_tables_with_its_label(monkeypatch):
+    """Registering a defense class is all it takes: no table module names defenses."""
+
+    class Toy(Defense):
+        label = "Toy defense"
+
+        def run(self, fp_model, qmodel, splits, *, seed, device):
+            return qmodel
+
+    monkeypatch.setitem(DEFENSES._entries, "toy", Toy)
+    df = pd.DataFrame([_row("none", 8, 90.0, 95.0), _row("toy_v2", 8, 80.0, 3.0, der=60.0)])
+    cfg = {"attacks": {"pq": {"method": "pqbackdoor"}}, "run": {"defenses": ["toy_v2"]},
+           "defenses": {"toy_v2": {"method": "toy", "scheme": "x86"}}}  # fmt: skip
+    md = render("table1", TableContext(df, cfg))["md"]
+    assert "| Toy defense, in x86 | 80.00 / 3.00 / 60.00 |" in md

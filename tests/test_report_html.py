@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from qcbench import figures, io, stages
 from qcbench.package_data import PAPER_REFERENCE
-from qcbench.report import TABLES, PaperReference, TableContext, table_inputs
+from qcbench.tables import TABLES, PaperReference, TableContext, table_inputs
 
 from .conftest import ROOT
 from .fabricate import CONFIG, lac_curve, make_cell, metrics_rows

@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 import torch
 from qcbench import io, stages
-from qcbench.ablations import ablation_cells
 from qcbench.cells import quantize_cell
 from qcbench.config import ConfigError, check_config, load_config
+from qcbench.plan import ablation_cells
 from qcbench.quant import create_scheme
-from qcbench.report import PaperReference, TableContext, render
+from qcbench.tables import PaperReference, TableContext, render
 
 from . import fabricate
 from .conftest import ROOT, TINY_CONFIGS

@@ -1,12 +1,12 @@
-"""The verdicts table (qcbench.verdicts): every check passes and fails on the row it reads, with
+"""The verdicts table (qcbench.tables.verdicts): every check passes and fails on the row it reads, with
 the measured figure shown; missing rows read "–"; only QCB attacks get rows; thresholds come
 from config key verdicts."""
 
 import pandas as pd
 import pytest
 from qcbench.config import check_config, load_config
-from qcbench.report import TABLES, TableContext, render
-from qcbench.verdicts import DEFAULTS, cell_verdicts, is_qcb, thresholds
+from qcbench.tables import TABLES, TableContext, render
+from qcbench.tables.verdicts import DEFAULTS, cell_verdicts, is_qcb, thresholds
 
 from .conftest import ROOT
 

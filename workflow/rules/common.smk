@@ -11,14 +11,14 @@ try:
 except ImportError:  # a checkout without the package installed
     sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "src"))
 
-from qcbench.ablations import ablation_cells
 from qcbench.backends import BACKENDS
 from qcbench.attacks import cell_bits, init_source
 from qcbench.config import ConfigError, check_config
 from qcbench.defenses import is_fp_defense
 from qcbench.figures import FIGURES, figure_inputs, figure_names
 from qcbench.package_data import CONFIG_SCHEMA, PAPER_REFERENCE
-from qcbench.report import TABLES, table_inputs
+from qcbench.plan import ablation_cells
+from qcbench.tables import TABLES, table_inputs
 
 # shipped inside the package: the config schema and the paper's reported numbers, joined into
 # the tables (qcbench/reference/paper-reference.md)
@@ -128,7 +128,7 @@ def cell_metrics():
                             out.append(
                                 f"{base}/{atk}/w8/none/seed{seed}/metrics.{b}.parquet"
                             )
-    # the cells of the ablation tables in run.ablations (qcbench.ablations) and of Table 6 (PDA as
+    # the cells of the ablation tables in run.ablations (qcbench.plan) and of Table 6 (PDA as
     # a plug-in: workflow/rules/common/detection.smk), each once
     return list(
         dict.fromkeys(out + ablation_cells(config, FP_DEFENSES) + table6_metrics())

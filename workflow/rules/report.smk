@@ -1,4 +1,4 @@
-# Collation, tables, figures and the rendered report (qcbench.report, qcbench.figures).
+# Collation, tables, figures and the rendered report (qcbench.tables, qcbench.figures).
 localrules:
     collate,
     table,
@@ -22,8 +22,8 @@ rule collate:
         "../scripts/collate.py"
 
 
-# One rule renders every table; the table is a wildcard dispatched through qcbench.report.TABLES.
-# A table may declare extra collated inputs (qcbench.report.register_table(..., inputs=...)).
+# One rule renders every table; the table is a wildcard dispatched through qcbench.tables.TABLES.
+# A table may declare extra collated inputs (qcbench.tables.register_table(..., inputs=...)).
 rule table:
     input:
         unpack(table_frames),

@@ -41,7 +41,7 @@ def schema_errors(cfg: dict, schema_path: str | Path = SCHEMA) -> list[str]:
 
 def _named(cfg: dict, kind: str) -> list[tuple[str, str]]:
     """(config key, name) of each attack or defense the run and the ablations use, first key only."""
-    from qcbench.ablations import referenced
+    from qcbench.plan import referenced
 
     seen: dict[str, str] = {}
     for key, name in [(f"run.{kind}.{i}", n) for i, n in enumerate(cfg["run"][kind])] + referenced(cfg, kind):
@@ -76,13 +76,13 @@ def _init_errors(cfg: dict, name: str, init: str) -> list[str]:
 
 
 def semantic_errors(cfg: dict, workdir: str | Path = ".") -> list[str]:
-    from qcbench.ablations import config_errors as ablation_errors
     from qcbench.attacks import ATTACKS
     from qcbench.attacks.base import BUILT_IN_INITS, unread_keys
     from qcbench.data import DATASETS
     from qcbench.defenses import DEFENSES
     from qcbench.detection.checks import detection_errors
     from qcbench.models import MODELS
+    from qcbench.plan import config_errors as ablation_errors
     from qcbench.quant import SCHEMES
     from qcbench.triggers import create_trigger
 

@@ -1,6 +1,6 @@
 """The paper's figures, drawn from the pipeline's own models and collated files.
 
-The contract mirrors the tables' (:mod:`qcbench.report`):
+The contract mirrors the tables' (:mod:`qcbench.tables`):
 
 - a figure is a function registered with ``@register_figure(name, inputs=fn)``; ``inputs(config,
   params)`` maps input names to the files it reads (models, data, collated Parquet), so the one
@@ -486,10 +486,9 @@ def fig4(ctx: FigureContext) -> FigureResult:
     for model in (q, d):
         _module(model, cam_layer, f"figures.{ctx.name}.cam_layer")
         _module(model, feat_layer, f"figures.{ctx.name}.feature_layer")
-    from qcbench.report import PAPER_NAMES
+    from qcbench.tables import defense_label
 
-    defense = p.get("defense", "lac")
-    models = (("no defense", q), (PAPER_NAMES.get(defense, defense).replace(" (ours)", ""), d))
+    models = (("no defense", q), (defense_label(ctx.config, p.get("defense", "lac"), ours=False), d))
 
     fig = plt.figure(figsize=(2.0 * n_cam + 9, 6.2))
     grid = fig.add_gridspec(3, n_cam + 2, width_ratios=[1] * n_cam + [2.6, 2.6], wspace=0.25, hspace=0.35)

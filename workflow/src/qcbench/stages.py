@@ -291,12 +291,12 @@ def render_table(
     paper: str | None = None,
     frames: dict[str, str] | None = None,
 ) -> None:
-    """Render a registered table (``qcbench.report.TABLES``) to each format in ``outputs``
+    """Render a registered table (``qcbench.tables.TABLES``) to each format in ``outputs``
     ({"md": path, "tex": path, …}), atomically. ``paper``: the paper-reference CSV; ``frames``:
     the extra collated files the table declared (name -> path)."""
     import pandas as pd
 
-    from qcbench.report import PaperReference, TableContext, render
+    from qcbench.tables import PaperReference, TableContext, render
 
     ctx = TableContext(
         metrics=pd.read_parquet(metrics),

@@ -90,7 +90,7 @@ class SoftRounding(nn.Module):
 class EFRAP(LayerwiseDefense):
     """EFRAP: error-guided flipped rounding with activation preservation (see the module docstring)."""
 
-    label = "efrap"
+    label = "EFRAP"
 
     def __init__(
         self,

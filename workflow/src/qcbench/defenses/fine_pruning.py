@@ -96,6 +96,8 @@ def prune_channels(
 
 @register_defense("fp")
 class FinePruning(FT):
+    label = "FP"
+
     def __init__(
         self,
         acc_ratio: float = 0.1,

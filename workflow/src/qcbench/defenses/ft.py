@@ -81,6 +81,8 @@ def finetune(
 
 @register_defense("ft")
 class FT(FPDefense):
+    label = "FT"
+
     def __init__(
         self,
         epochs: int = 100,

@@ -89,6 +89,8 @@ def sam_loss(model: nn.Module, rho: float, adaptive: bool, smoothing: float):
 
 @register_defense("ftsam")
 class FTSAM(FPDefense):
+    label = "FT-SAM"
+
     def __init__(
         self,
         epochs: int = 100,

@@ -86,6 +86,8 @@ def surrogate_loss(value: torch.Tensor, params: Tensors, grads: Tensors) -> torc
 
 @register_defense("ibau")
 class IBAU(FPDefense):
+    label = "I-BAU"
+
     def __init__(
         self,
         n_rounds: int = 5,

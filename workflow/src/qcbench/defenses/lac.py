@@ -89,7 +89,8 @@ def _unit_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 class LAC(LayerwiseDefense):
     """LAC (+ PDA when ``pda``): a free additive offset per weight inside the frozen quantizer."""
 
-    label = "lac"
+    label = "LAC+PDA (ours)"
+    label_without_pda = "LAC"
 
     def __init__(
         self,

@@ -50,7 +50,7 @@ class LayerwiseDefense(Defense):
     variable (:meth:`begin_unit`), its extra loss (:meth:`unit_penalty`) and how it is hardened
     (:meth:`harden`), and may transform the cached inputs (:meth:`prepare_inputs`)."""
 
-    label = "layerwise"  # used in progress messages
+    name = "layerwise"  # the registered method (create_defense sets it), in progress messages
     # optional fn(qmodel, iteration) called after every optimiser step (Figure 2's curve)
     on_step = None
 
@@ -95,7 +95,7 @@ class LayerwiseDefense(Defense):
         self.log: list[dict] = []
         units = extract_units(work)
         targets = self.fp_targets(reference, units, calib)
-        for k, unit in enumerate(progress(units, desc=f"{self.label} units")):
+        for k, unit in enumerate(progress(units, desc=f"{self.name} units")):
             self.process_unit(work, reference, unit, calib, generator, k, targets.pop(unit.last, None))
         return work
 
@@ -145,7 +145,7 @@ class LayerwiseDefense(Defense):
             self.log = []
         self.log.append(entry)
         print(
-            f"{self.label} unit {index} {unit.modules}: {entry['iterations']} iterations, loss {entry['loss']:.5f}",
+            f"{self.name} unit {index} {unit.modules}: {entry['iterations']} iterations, loss {entry['loss']:.5f}",
             file=sys.stderr,
             flush=True,
         )

@@ -91,6 +91,8 @@ def update_bn(model: nn.Module, data: ImageSet, batch_size: int, device) -> None
 
 @register_defense("mcr")
 class MCR(FPDefense):
+    label = "MCR"
+
     def __init__(
         self,
         t: float = 0.1,

@@ -61,6 +61,8 @@ class FeatureTap:
 
 @register_defense("nad")
 class NAD(FPDefense):
+    label = "NAD"
+
     def __init__(
         self,
         te_epochs: int = 10,

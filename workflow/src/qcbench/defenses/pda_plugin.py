@@ -73,7 +73,11 @@ class _PDAPlugin:
 class NADPDA(_PDAPlugin, NAD):
     """NAD on PDA-adjusted defender images (Table 6)."""
 
+    label = "NAD + PDA"
+
 
 @register_defense("ftsam_pda")
 class FTSAMPDA(_PDAPlugin, FTSAM):
     """FT-SAM on PDA-adjusted defender images (Table 6)."""
+
+    label = "FT-SAM + PDA"

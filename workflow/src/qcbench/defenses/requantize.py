@@ -20,6 +20,8 @@ from qcbench.defenses.base import Defense, register_defense
 
 @register_defense("requantize")
 class Requantize(Defense):
+    label = "no defense"
+
     def __init__(self) -> None:
         super().__init__()
 

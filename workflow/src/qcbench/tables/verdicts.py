@@ -2,8 +2,8 @@
 
 For every cell of a QCB attack (an attack whose registered method is built against a quantizer,
 see :func:`is_qcb`) at every bit width it was quantized to, and every seed, the table checks
-against thresholds (config ``verdicts``, defaults :data:`DEFAULTS`, issue #3's and #4's
-bars):
+against thresholds (config ``verdicts``, defaults :data:`DEFAULTS`: the bars a QCB
+and a defense against it must meet):
 
 - **BA kept**: the attacked FP model's BA is at most ``ba_gap`` points under the clean model of
   the same seed;
@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from qcbench.attacks.base import ATTACKS
-from qcbench.report import Block, TableContext, attack_method, register_table
+from qcbench.attacks import ATTACKS
+from qcbench.tables._base import Block, TableContext, attack_method, pick, register_table
 
-#: the issues' bars (FP ASR ≤ 10 %, quantized ASR ≥ 90 %, FP BA within 3 points of the clean
+#: the bars (FP ASR ≤ 10 %, quantized ASR ≥ 90 %, FP BA within 3 points of the clean
 #: model; after a defense ASR ≤ 2 % and BA ≥ FP BA − 1 point)
 DEFAULTS = {"ba_gap": 3.0, "dormant_asr": 10.0, "fires_asr": 90.0, "purified_asr": 2.0, "purified_ba_drop": 1.0}
 NA = "–"
@@ -55,9 +55,7 @@ def _mark(ok: bool, text: str) -> str:
 
 
 def _one(df: pd.DataFrame, **keys) -> pd.Series | None:
-    from qcbench.ablations import _pick
-
-    df = _pick(df, **keys)
+    df = pick(df, **keys)
     return None if df.empty else df.iloc[0]
 
 

@@ -1,0 +1,161 @@
+"""Which cells each of the paper's tables needs, from the config alone (no pandas, no rendering).
+
+The config's ``ablations:`` section names, per paper table, the cells it needs (``attacks``,
+``bits``, ``defenses`` besides "none", ``seeds``; ``datasets``/``archs`` default to ``run``'s);
+``run.ablations`` lists the tables whose cells ``all`` builds. :func:`ablation_cells` turns them
+into metrics paths (every attack's FP model and no-defense cells included), which the workflow
+adds to the main run's cells; the generic attack/quantize/defend/evaluate rules build them. The
+tables themselves are rendered by :mod:`qcbench.tables`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+#: the tables whose cells come from an ``ablations:`` entry alone (rendered by qcbench.tables)
+ABLATION_TABLES = ("table4", "table5", "table7", "table9", "table10", "table12", "triggers", "schemes")
+#: tables rendered from the collated metrics whose cells outside the main run (other datasets or
+#: architectures) an ``ablations:`` entry may still name: Table 2 (Tiny-ImageNet), Table 3
+#: (architectures), Table 11 (ImageNette)
+CELL_TABLES = ("table2", "table3", "table11")
+SPEC_KEYS = ("datasets", "archs", "attacks", "bits", "defenses", "seeds")
+# image side per dataset, only to print a patch trigger's size in pixels
+IMAGE_SIZES = {"fashion_mnist": 28, "cifar10": 32, "gtsrb": 32, "tinyimagenet": 64, "imagenette": 224}
+
+
+def attack_spec(config: Mapping, attack: str) -> dict:
+    """The config entry ``attacks.<attack>`` (empty when absent)."""
+    return (config.get("attacks") or {}).get(attack) or {}
+
+
+def table_spec(cfg: Mapping, table: str) -> dict | None:
+    """The cells of one ablation table (``ablations.<table>``, datasets/archs defaulting to
+    ``run``'s), or None when the config has no entry for it."""
+    entry = (cfg.get("ablations") or {}).get(table)
+    if not entry:
+        return None
+    run = cfg.get("run") or {}
+    # an explicitly empty list stays empty (e.g. `defenses: []`); only an absent key takes run's
+    spec = {k: list(entry[k] if entry.get(k) is not None else run.get(k) or []) for k in SPEC_KEYS}
+    spec["defenses"] = [d for d in spec["defenses"] if d != "none"]
+    # the entry's real runtimes among those the run evaluates at all (eval.backends: [] turns them off)
+    listed = (cfg.get("eval") or {}).get("backends") or []
+    spec["backends"] = [b for b in entry.get("backends") or [] if b in listed]
+    # (dataset, arch) pairs: ``settings`` when given (e.g. Table 3's CNNs on CIFAR-10 and its ViT
+    # on ImageNette), else every combination of datasets and archs
+    if entry.get("settings"):
+        spec["settings"] = [(s["dataset"], s["arch"]) for s in entry["settings"]]
+        spec["datasets"] = list(dict.fromkeys(d for d, _ in spec["settings"]))
+        spec["archs"] = list(dict.fromkeys(a for _, a in spec["settings"]))
+    else:
+        spec["settings"] = [(d, a) for d in spec["datasets"] for a in spec["archs"]]
+    return spec
+
+
+def ablation_specs(cfg: Mapping) -> dict[str, dict]:
+    """{table: spec} for every table in ``run.ablations`` (what ``all`` builds)."""
+    enabled = (cfg.get("run") or {}).get("ablations") or []
+    return {t: s for t in enabled if (s := table_spec(cfg, t)) is not None}
+
+
+def _starts_from_clean(cfg: Mapping, attack: str) -> bool:
+    """Whether ``attack`` (through any chain of ``init: <attack>``) starts from the clean model."""
+    from qcbench.attacks import ATTACKS, init_source
+
+    specs, seen = cfg.get("attacks") or {}, set()
+    while attack in specs and attack not in seen:
+        seen.add(attack)
+        params = specs[attack] or {}
+        method = params.get("method", attack)
+        if method not in ATTACKS:
+            return False
+        attack = init_source(method, params)
+    return attack == "clean"
+
+
+def ablation_cells(cfg: Mapping, fp_defenses=()) -> list[str]:
+    """Metrics files of every enabled ablation table's cells, in order, without duplicates: each
+    attack's FP model, its no-defense quantized cells and its defended cells (an FP-level
+    defense in ``fp_defenses`` also gets its purified FP model's row), and the clean model's row
+    of each (setting, seed) whose attacks start from it (trained anyway; the verdicts table and
+    Table 8 compare with it). An entry's ``backends`` (those also in ``eval.backends``) add its
+    8-bit no-defense cells' real-runtime rows (``metrics.<backend>.parquet``). An attack that
+    declares the bit widths it trains against gets cells only at those (as in the main grid)."""
+    from qcbench.attacks import cell_bits
+
+    out: list[str] = []
+    for spec in ablation_specs(cfg).values():
+        for ds, arch in spec["settings"]:
+            for seed in spec["seeds"]:
+                if any(_starts_from_clean(cfg, a) for a in spec["attacks"]):
+                    out.append(f"results/{ds}/{arch}/clean/w32/none/seed{seed}/metrics.parquet")
+                for atk in spec["attacks"]:
+                    base = f"results/{ds}/{arch}/{atk}"
+                    out.append(f"{base}/w32/none/seed{seed}/metrics.parquet")
+                    out += [f"{base}/w32/{d}/seed{seed}/metrics.parquet" for d in spec["defenses"]
+                            if d in fp_defenses]  # fmt: skip
+                    bits_of = cell_bits(attack_spec(cfg, atk), spec["bits"])
+                    for bits in bits_of:
+                        for d in ["none", *spec["defenses"]]:
+                            out.append(f"{base}/w{bits}/{d}/seed{seed}/metrics.parquet")
+                    if 8 in bits_of:
+                        out += [f"{base}/w8/none/seed{seed}/metrics.{b}.parquet" for b in spec["backends"]]
+    return list(dict.fromkeys(out))
+
+
+def config_errors(cfg: Mapping) -> list[str]:
+    """Tables and datasets in ``run.ablations`` / ``ablations:`` that point nowhere, and Figure 2's
+    missing ``lac`` defense (attack and defense names are checked with the run's, see
+    :func:`referenced`)."""
+    out = []
+    abl = cfg.get("ablations") or {}
+    for i, t in enumerate((cfg.get("run") or {}).get("ablations") or []):
+        if t not in abl:
+            out.append(f"config key 'run.ablations.{i}': table {t!r} has no entry under 'ablations'")
+    from qcbench.models import MODELS
+
+    for t, entry in abl.items():
+        for i, ds in enumerate((entry or {}).get("datasets") or []):
+            if ds not in cfg["data"]["sources"]:
+                out.append(f"config key 'ablations.{t}.datasets.{i}': no data source for {ds!r}")
+        for i, s in enumerate((entry or {}).get("settings") or []):
+            if s["dataset"] not in cfg["data"]["sources"]:
+                out.append(f"config key 'ablations.{t}.settings.{i}.dataset': no data source for {s['dataset']!r}")
+        archs = [
+            (f"ablations.{t}.settings.{i}.arch", s["arch"]) for i, s in enumerate((entry or {}).get("settings") or [])
+        ]
+        archs += [(f"ablations.{t}.archs.{i}", a) for i, a in enumerate((entry or {}).get("archs") or [])]
+        for key, arch in archs:
+            if arch not in MODELS:
+                out.append(f"config key '{key}': unknown arch {arch!r}; registered: {MODELS.names()}")
+            elif arch not in (cfg.get("archs") or {}):
+                out.append(f"config key 'archs': no entry for {arch!r} (used by {key}; {{}} for its defaults)")
+        from qcbench.backends import BACKENDS
+
+        for i, b in enumerate((entry or {}).get("backends") or []):
+            if b not in BACKENDS:
+                out.append(
+                    f"config key 'ablations.{t}.backends.{i}': unknown runtime {b!r}; registered: {BACKENDS.names()}"
+                )
+        if entry and entry.get("settings") and (entry.get("datasets") or entry.get("archs")):
+            out.append(f"config key 'ablations.{t}': give either settings or datasets/archs, not both")
+    for t, spec in ablation_specs(cfg).items():  # the tables `all` builds train clean models there
+        for ds in spec["datasets"]:
+            if ds not in (cfg.get("clean") or {}) and ds not in (cfg.get("run") or {}).get("datasets", []):
+                out.append(f"config key 'clean': no training settings for dataset {ds!r} (ablations.{t})")
+    fig2 = (cfg.get("figures") or {}).get("fig2")
+    if fig2:
+        if (cfg["defenses"].get("lac") or {}).get("method") != "lac":
+            out.append("config key 'figures.fig2': needs a defense 'lac' of method 'lac' (LAC+PDA) under 'defenses'")
+    return out
+
+
+def referenced(cfg: Mapping, kind: str) -> list[tuple[str, str]]:
+    """(config key, name) of every attack or defense the ablation tables and figures use."""
+    out = []
+    for t, entry in (cfg.get("ablations") or {}).items():
+        out += [(f"ablations.{t}.{kind}.{i}", n) for i, n in enumerate((entry or {}).get(kind) or []) if n != "none"]
+    fig2 = (cfg.get("figures") or {}).get("fig2")
+    if fig2 and kind == "attacks":
+        out.append(("figures.fig2.attack", fig2["attack"]))
+    return out
