@@ -63,8 +63,9 @@ format: setup
 	$(VENV)/bin/ruff format workflow tests
 	$(VENV)/bin/snakefmt Snakefile workflow/rules
 
+# the paper config alone (any --configfile replaces the local default's config/local.yaml)
 dryrun-paper: setup
-	$(SNAKEMAKE) -n --configfile config/config.yaml
+	$(SNAKEMAKE) -n all --configfile config/config.yaml
 
 # Reviewer archive: results/MANIFEST.sha256 + results/archive/qcbench-<date>-<commit>.tar.gz
 # (workflow, configs, envs + lockfile, container/, paper reference, results); ARCHIVE_OUT=path overrides.

@@ -243,7 +243,7 @@ def test_detection_config_is_checked_by_key():
     cfg["detection"]["precisions"] = ["fp16"]
     with pytest.raises(ConfigError, match="detection.precisions"):
         check_config(cfg)
-    cfg = load_config(ROOT / "config" / "local.yaml", ROOT / "config" / "config.yaml")
+    cfg = load_config(ROOT / "config" / "config.yaml")
     check_config(cfg)
     paper = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["detection"]
     assert set(paper["datasets"]) >= {"cifar10"} and len(paper["seeds"]) >= 2

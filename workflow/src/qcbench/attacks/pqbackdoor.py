@@ -173,6 +173,7 @@ class PQBackdoor(Attack):
             "samples_per_epoch": None,
             "augmentation": {"pad": 4, "flip": True},
             "poison_fraction": 0.015625,  # upstream: batch_size // 64 triggered copies per batch
+            "channels_last": False,
             "amp": "fp32",
         },
         "stage2": {
@@ -182,6 +183,7 @@ class PQBackdoor(Attack):
             "scheduler": "cosine",
             "samples_per_epoch": None,
             "augmentation": {"pad": 4, "flip": True},
+            "channels_last": False,
             "amp": "fp32",
         },
     }
