@@ -70,8 +70,9 @@ format: setup
 	$(VENV)/bin/ruff format workflow tests
 	$(VENV)/bin/snakefmt Snakefile workflow/rules
 
+# the paper config alone (any --configfile replaces the local default's config/local.yaml)
 dryrun-paper: setup
-	$(SNAKEMAKE) -n --configfile config/config.yaml
+	$(SNAKEMAKE) -n all --configfile config/config.yaml
 
 # Reviewer archive (`qcbench archive`): results/MANIFEST.sha256 + results/archive/qcbench-<date>-<commit>.tar.gz
 # (the repository files the README refers to, and results/); ARCHIVE_OUT=path overrides.

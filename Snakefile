@@ -1,6 +1,7 @@
 # qcbench: quantization-conditioned backdoors, attacks and defenses, end to end.
 # Local default:  snakemake --cores 2 all
 # Paper scale:    snakemake --profile slurm all --configfile config/config.yaml
+# Other overlays: snakemake --cores 2 all --configfile config/local.yaml config/baselines.yaml
 
 
 from snakemake.utils import min_version
@@ -8,7 +9,14 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/local.yaml"
+# The paper config is complete; every --configfile is layered on it in order. Without one, the
+# local default's differences (config/local.yaml) are (qcbench.config.load_config does the same).
+configfile: f"{workflow.basedir}/config/config.yaml"
+
+
+if not workflow.overwrite_configfiles:
+
+    configfile: f"{workflow.basedir}/config/local.yaml"
 
 
 # `snakemake --report results/report/snakemake.html`: tables, figures and the report, captioned

@@ -117,7 +117,7 @@ def qa_model(tiny_splits):
         )
         params = {
             "target": 0, "trigger": {"name": "patch"}, "epochs": 6, "batch_size": 64, "bits": [4],
-            "optimizer": {"name": "adam", "lr": 2e-3, "weight_decay": 1e-4},
+            "optimizer": {"name": "adam", "lr": 2e-3, "weight_decay": 1e-4}, "augmentation": None,
         }  # fmt: skip
         attack = create_attack("qu_anti_zation", params, 28)
         attacked = attack.run(copy.deepcopy(clean), tiny_splits, seed=0, device="cpu")

@@ -10,6 +10,10 @@ from qcbench.metrics import evaluate
 from qcbench.quant import create_scheme, quant_modules, quantize_model
 from torch import nn
 
+#: a short fine-tune of the given model (the attacks' defaults are the paper's: BadNets from
+#: scratch with a cosine schedule and crops)
+FINE_TUNE = {"init": "clean", "scheduler": "none", "augmentation": None}
+
 
 def test_dual_path_shares_batchnorm_statistics(tiny_model):
     qm = quantize_model(
@@ -134,7 +138,8 @@ def test_adaptive_penalty_pulls_the_weights_toward_their_grid(tiny_model):
 
 def test_badnets_plants_a_plain_backdoor(tiny_splits, tiny_model):
     params = {"target": 2, "trigger": {"name": "badnets", "size": 0.1875}, "epochs": 4, "batch_size": 64,
-              "poison_rate": 0.1, "optimizer": {"name": "adam", "lr": 3e-3}}  # fmt: skip
+              "poison_rate": 0.1, "optimizer": {"name": "adam", "lr": 3e-3, "weight_decay": 0.0},
+              **FINE_TUNE}  # fmt: skip
     attack = create_attack("badnets", params, 28)
     before = evaluate(tiny_model, tiny_splits.test, attack.trigger, 2)
     model = attack.run(copy.deepcopy(tiny_model), tiny_splits, seed=0, device="cpu")
@@ -201,7 +206,8 @@ def test_badnets_precise_bn_changes_only_the_batchnorm_statistics(tiny_splits, t
     """Same seed with and without ``precise_bn``: identical weights (the re-estimation runs after
     training and draws from its own generator), different running statistics, backdoor intact."""
     params = {"target": 2, "trigger": {"name": "badnets", "size": 0.1875}, "epochs": 2, "batch_size": 64,
-              "poison_rate": 0.1, "optimizer": {"name": "adam", "lr": 3e-3}}  # fmt: skip
+              "poison_rate": 0.1, "optimizer": {"name": "adam", "lr": 3e-3, "weight_decay": 0.0},
+              **FINE_TUNE}  # fmt: skip
     plain = create_attack("badnets", params, 28).run(copy.deepcopy(tiny_model), tiny_splits, seed=0, device="cpu")
     attack = create_attack("badnets", params | {"precise_bn": 4}, 28)
     precise = attack.run(copy.deepcopy(tiny_model), tiny_splits, seed=0, device="cpu")

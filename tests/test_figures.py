@@ -98,7 +98,7 @@ def test_config_errors_name_the_key_and_shipped_configs_are_clean():
     errors = figures.config_errors(bad)
     assert any("figures.fig4.defense" in e and "'nope'" in e for e in errors)
     assert any("figures.fig9" in e for e in errors)
-    for layers in (("local.yaml",), ("local.yaml", "config.yaml")):
+    for layers in ((), ("config.yaml",)):
         cfg = load_config(*(ROOT / "config" / f for f in layers))
         assert figures.config_errors(cfg) == [] and {"fig1", "fig3", "fig4"} <= set(figures.figure_names(cfg))
 

@@ -102,8 +102,16 @@ def test_pqbackdoor_without_stage1_keeps_the_init_backdoor_as_its_quantized_mode
         "trigger": {"name": "patch", "size": 0.25, "margin": 0.0, "value": 1.0},
         "init": "some_backdoor",
         "stage1": None,
-        "stage2": {"epochs": 1, "batch_size": 32, "samples_per_epoch": 64, "optimizer": {"name": "adam", "lr": 1e-2}},
+        "stage2": {
+            "epochs": 1,
+            "batch_size": 32,
+            "samples_per_epoch": 64,
+            "scheduler": "none",
+            "augmentation": None,
+            "optimizer": {"name": "adam", "lr": 1e-2, "weight_decay": 0.0},
+        },
         "lock_granularity": ["per_tensor"],
+        "lock_bits": [8],
     }
     atk = create_attack("pqbackdoor", spec, tiny_splits.meta["image_size"])
     start = {n: p.detach().clone() for n, p in tiny_model.named_parameters()}
@@ -162,8 +170,14 @@ def _stage1_batch(monkeypatch, params, n=128, stage=None):
     import qcbench.attacks.pqbackdoor as pq
     from qcbench.attacks import create_attack
 
-    stage = {"epochs": 1, "batch_size": n, "optimizer": {"name": "adam", "lr": 1e-3}, **(stage or {})}
-    attack = create_attack("pqbackdoor", {"target": 3, "stage1": stage, **params}, 16)
+    stage = {
+        "epochs": 1,
+        "batch_size": n,
+        "optimizer": {"name": "adam", "lr": 1e-3},
+        "augmentation": None,
+        **(stage or {}),
+    }
+    attack = create_attack("pqbackdoor", {"target": 3, "stage1": stage, "lock_bits": [8], **params}, 16)
     seen = {}
 
     def fake_fit(model, data, loss_fn, **kw):

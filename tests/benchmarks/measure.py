@@ -20,15 +20,16 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-LOCAL = ROOT / "config" / "local.yaml"
 DATA_REL = Path("resources/data/fashion_mnist/data.safetensors")
 
 
 def local_config() -> dict:
-    return yaml.safe_load(LOCAL.read_text())
+    """The local default (the paper config with config/local.yaml layered on it), resolved."""
+    from qcbench.config import load_config
+
+    return load_config()
 
 
 def load_data(run_dir: str | Path | None):

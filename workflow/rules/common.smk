@@ -13,7 +13,7 @@ except ImportError:  # a checkout without the package installed
 
 from qcbench.backends import BACKENDS
 from qcbench.attacks import cell_bits, init_source
-from qcbench.config import ConfigError, check_config
+from qcbench.config import ConfigError, check_config, resolve_methods
 from qcbench.defenses import is_fp_defense
 from qcbench.figures import FIGURES, figure_inputs, figure_names
 from qcbench.package_data import CONFIG_SCHEMA, PAPER_REFERENCE
@@ -33,6 +33,9 @@ try:
     check_config(config, schema_path=SCHEMA)
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
+# every attack and defense entry completed with its method's defaults: the rules' params and the
+# scripts see the values each job runs with
+resolve_methods(config)
 validate(config, str(SCHEMA))
 
 RUN = config["run"]

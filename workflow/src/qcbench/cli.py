@@ -24,7 +24,7 @@ def _check(args) -> int:
     from qcbench.config import ConfigError, check_config, load_config
 
     try:
-        check_config(load_config(*args.configs), workdir=args.workdir)
+        check_config(load_config(*args.configs, resolve=False, workdir=args.workdir), workdir=args.workdir)
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 2
@@ -191,8 +191,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qcbench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list registered datasets, models, schemes, triggers, attacks, defenses")
-    check = sub.add_parser("check-config", help="validate config files (layered left to right)")
-    check.add_argument("configs", nargs="+")
+    check = sub.add_parser(
+        "check-config",
+        help="validate the configuration the workflow would run with",
+        description="Validate config/config.yaml (the paper config) with the given files layered on it "
+        "left to right, as `snakemake --configfile FILE ...` does; with no file, the local default "
+        "(config/config.yaml + config/local.yaml).",
+    )
+    check.add_argument("configs", nargs="*", help="overlays, as given to --configfile")
     check.add_argument("--workdir", default=".", help="folder relative data paths are resolved from")
     _add_purify(sub)
     _add_natural_rate(sub)

@@ -12,6 +12,13 @@ import yaml
 
 from qcbench.package_data import CONFIG_SCHEMA as SCHEMA
 
+#: the checkout's config folder: ``config.yaml`` (the paper's setting, complete: every key the
+#: workflow reads, or the method's default) and ``local.yaml`` (the local default's differences).
+#: An installed package outside a checkout reads ``config/`` of the working directory instead.
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "config"
+PAPER = CONFIG_DIR / "config.yaml"
+LOCAL = CONFIG_DIR / "local.yaml"
+
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message lists every problem found."""
@@ -61,8 +68,8 @@ def _init_errors(cfg: dict, name: str, init: str) -> list[str]:
     if init not in attacks:
         return [f"{key}: {init!r} is neither 'clean', 'scratch' nor an attack entry ({sorted(attacks)})"]
     chain = [name]
-    while chain[-1] in attacks and attacks[chain[-1]].get("init", "clean") not in BUILT_IN_INITS:
-        chain.append(attacks[chain[-1]]["init"])
+    while chain[-1] in attacks and _init(attacks, chain[-1]) not in BUILT_IN_INITS:
+        chain.append(_init(attacks, chain[-1]))
         if chain[-1] in chain[:-1]:
             return [f"{key}: the init chain {' -> '.join(chain)} is a cycle"]
     src = attacks[init]
@@ -73,6 +80,15 @@ def _init_errors(cfg: dict, name: str, init: str) -> list[str]:
                 "a backdoored starting model must carry the same trigger and target"
             ]
     return []
+
+
+def _init(attacks: dict, name: str) -> str:
+    """The ``init`` of the attack entry ``name``: its own, else its method's default."""
+    from qcbench.attacks import ATTACKS
+
+    spec = attacks[name]
+    method = spec.get("method", name)
+    return ATTACKS.get(method).init_of(spec) if method in ATTACKS else spec.get("init", "clean")
 
 
 def semantic_errors(cfg: dict, workdir: str | Path = ".") -> list[str]:
@@ -135,7 +151,7 @@ def semantic_errors(cfg: dict, workdir: str | Path = ".") -> list[str]:
             create_trigger(spec["trigger"], 32)
         except (TypeError, ValueError, KeyError) as err:
             out.append(f"config key 'attacks.{name}.trigger': {spec['trigger']!r} is invalid: {err}")
-        if "scheme" in spec and spec["scheme"] not in SCHEMES:
+        if spec.get("scheme") is not None and spec["scheme"] not in SCHEMES:
             out.append(
                 f"config key 'attacks.{name}.scheme': unknown scheme {spec['scheme']!r}; registered: {SCHEMES.names()}"
             )
@@ -159,6 +175,11 @@ def semantic_errors(cfg: dict, workdir: str | Path = ".") -> list[str]:
                 inspect.signature(DEFENSES.get(spec["method"])).bind(**params)
             except TypeError as err:
                 out.append(f"config key 'defenses.{name}': {err} (defense {spec['method']!r})")
+    from qcbench.backends import BACKENDS
+
+    for i, backend in enumerate(cfg["eval"].get("backends") or []):
+        if backend not in BACKENDS:
+            out.append(f"config key 'eval.backends.{i}': unknown backend {backend!r}; registered: {BACKENDS.names()}")
     out += detection_errors(cfg)
     out += ablation_errors(cfg)
     if cfg["quant"]["default_scheme"] not in SCHEMES:
@@ -173,26 +194,93 @@ def semantic_errors(cfg: dict, workdir: str | Path = ".") -> list[str]:
 
 
 def check_config(cfg: dict, workdir: str | Path = ".", schema_path: str | Path = SCHEMA) -> dict:
-    """Raise :class:`ConfigError` listing every problem; return ``cfg`` unchanged when valid."""
-    problems = schema_errors(cfg, schema_path)
+    """Raise :class:`ConfigError` listing every problem; return ``cfg`` unchanged when valid. The
+    entries are checked as their jobs receive them, completed with their methods' defaults."""
+    import copy
+
+    resolved = resolve_methods(copy.deepcopy(cfg))
+    problems = schema_errors(resolved, schema_path)
     if not problems:
-        problems = semantic_errors(cfg, workdir)
+        problems = semantic_errors(resolved, workdir)
     if problems:
         raise ConfigError("invalid qcbench configuration:\n  - " + "\n  - ".join(problems))
     return cfg
 
 
-def load_config(*paths: str | Path) -> dict:
-    """Load and deep-merge YAML files left to right (as Snakemake layers --configfile)."""
-    cfg: dict = {}
-    for p in paths:
-        _merge(cfg, yaml.safe_load(Path(p).read_text()) or {})
-    return cfg
+def read_yaml(path: str | Path) -> dict:
+    """One config file; a missing file or a YAML syntax error raises :class:`ConfigError` naming
+    the file (and the line)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"config file {str(path)!r}: {err.strerror or err}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"config file {where}: YAML syntax error: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: the top level must be a mapping, not {type(data).__name__}")
+    return data
 
 
-def _merge(base: dict, new: dict) -> None:
+def config_dir(workdir: str | Path | None = None) -> Path:
+    """The folder holding the paper config and the local overlay: ``<workdir>/config`` when it has
+    a ``config.yaml``, else the checkout's (:data:`CONFIG_DIR`)."""
+    if workdir is not None and (Path(workdir) / "config" / "config.yaml").is_file():
+        return Path(workdir) / "config"
+    return CONFIG_DIR
+
+
+def load_config(*overlays: str | Path, resolve: bool = True, workdir: str | Path | None = None) -> dict:
+    """The configuration the workflow runs with, loaded as the Snakefile loads it: the paper config
+    (``config/config.yaml`` of :func:`config_dir`), then each of ``overlays`` layered left to right
+    (Snakemake's ``--configfile``), or, with none, the local default's ``config/local.yaml``.
+    Without a paper config (an installed package outside a checkout) the overlays stand alone. Layering merges
+    mappings key by key; any other value (a list, null) replaces the one below. With ``resolve``
+    every attack and defense entry is completed with its method's defaults
+    (:func:`resolve_methods`), as the workflow's jobs receive them."""
+    folder = config_dir(workdir)
+    paper, local = folder / "config.yaml", folder / "local.yaml"
+    if not overlays and not local.is_file():
+        raise ConfigError(f"no config file given and no local default {local}")
+    cfg: dict = read_yaml(paper) if paper.is_file() else {}
+    for p in overlays or (local,):
+        update(cfg, read_yaml(p))
+    return resolve_methods(cfg) if resolve else cfg
+
+
+def update(base: dict, new: dict) -> dict:
+    """Layer ``new`` over ``base`` in place, as Snakemake layers config files; return ``base``."""
     for k, v in new.items():
         if isinstance(v, dict) and isinstance(base.get(k), dict):
-            _merge(base[k], v)
+            update(base[k], v)
         else:
             base[k] = v
+    return base
+
+
+def resolve_methods(cfg: dict) -> dict:
+    """Complete, in place, every attack and defense entry of a registered method with the method's
+    defaults (an entry states only what differs from them); return ``cfg``. The workflow calls
+    this once the config is checked, so every rule's params and script see the values a job runs
+    with (a default changed in code changes them too)."""
+    from qcbench.attacks import ATTACKS
+    from qcbench.attacks.base import merged
+    from qcbench.defenses import DEFENSES
+    from qcbench.defenses.base import defaults_of
+
+    for name, spec in (cfg.get("attacks") or {}).items():
+        method = spec.get("method", name) if isinstance(spec, dict) else None
+        if method in ATTACKS:
+            cfg["attacks"][name] = ATTACKS.get(method).resolve(spec)
+    for name, spec in (cfg.get("defenses") or {}).items():
+        method = spec.get("method") if isinstance(spec, dict) else None
+        if method in DEFENSES:
+            cfg["defenses"][name] = merged(defaults_of(method), spec)
+    return cfg

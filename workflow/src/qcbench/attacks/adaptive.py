@@ -57,7 +57,7 @@ def weight_error_penalty(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tenso
 
 @register_attack("adaptive")
 class AdaptiveQA(QuAntiZation):
-    config_keys = frozenset({"lam"})
+    defaults = {"lam": 1.0}
 
     def quantized_forward(self, m, x):
         out, penalty = weight_error_penalty(m, x)
@@ -65,4 +65,4 @@ class AdaptiveQA(QuAntiZation):
         return out
 
     def extra_loss(self):
-        return self.params.get("lam", 1.0) * self._penalty
+        return self.params["lam"] * self._penalty

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import abc
+import copy
 import math
 from collections.abc import Mapping
 
@@ -14,12 +15,9 @@ from qcbench.triggers import create_trigger
 ATTACKS = Registry("attack")
 register_attack = ATTACKS.register
 
-#: config keys every attack entry may carry (the schema's ``attacks.<name>`` properties that are
-#: not specific to one method; ``bits`` also restricts the cells, see :func:`cell_bits`)
-COMMON_KEYS = frozenset(
-    "method target trigger scheme epochs batch_size optimizer scheduler samples_per_epoch "
-    "augmentation channels_last per_dataset init bits".split()
-)
+#: config keys every attack entry must carry (no default): the backdoor's target class and its
+#: trigger (``method`` defaults to the entry's name)
+REQUIRED_KEYS = frozenset({"method", "target", "trigger"})
 #: the ``init`` values that name no attack (any other value is an attack entry's name)
 BUILT_IN_INITS = frozenset({"clean", "scratch"})
 
@@ -29,13 +27,23 @@ class Attack(abc.ABC):
     built against: their no-defense cells are quantized with it) and implement :meth:`run`."""
 
     scheme: str | None = "qa"
-    #: where training starts unless the config's ``init`` says otherwise: ``clean`` (the clean
-    #: model of the same seed) or ``scratch`` (fresh weights; the clean model is then not needed);
-    #: ``init`` may also name another attack entry (:func:`init_source`)
-    default_init: str = "clean"
-    #: the method-specific config keys this class reads (besides :data:`COMMON_KEYS`); subclasses
-    #: inherit their parents' (see :meth:`accepted_keys`)
-    config_keys: frozenset[str] = frozenset()
+    #: the config keys this class reads, each with its default (the paper's setting): a config
+    #: entry states only what differs. Subclasses add to and override their parents' (the union
+    #: over the MRO, see :meth:`defaults_of`); nested mappings (a stage, an optimizer) merge key by
+    #: key, as config files layer. ``init`` is where training starts: ``clean`` (the clean model
+    #: of the same seed), ``scratch`` (fresh weights; the clean model is then not needed), or
+    #: another attack entry's name (:func:`init_source`); ``bits`` restricts the cells
+    #: (:func:`cell_bits`); ``per_dataset`` maps a dataset to keys that replace these for it.
+    defaults: Mapping = {
+        "scheme": None,
+        "init": "clean",
+        "bits": None,
+        "scheduler": "none",
+        "samples_per_epoch": None,
+        "augmentation": None,
+        "channels_last": False,
+        "per_dataset": {},
+    }
 
     def __init__(self, target: int, trigger: dict, image_size: int, scheme: str | None = None, **params) -> None:
         self.target = target
@@ -43,22 +51,36 @@ class Attack(abc.ABC):
         self.trigger = create_trigger(trigger, image_size)
         if scheme is not None:
             self.scheme = scheme
-        self.params = params
+        self.params = self.resolve(params)
 
     def describe(self) -> dict:
         """What evaluation needs to know of the attack; stored in every descendant model's metadata."""
         return {"name": self.name, "target": self.target, "trigger": self.trigger_spec, "scheme": self.scheme}
 
     @classmethod
+    def defaults_of(cls) -> dict:
+        """Every config key of this method with its default: the classes' ``defaults`` from the
+        base down, a subclass's value replacing its parent's (``scheme`` is the class's own)."""
+        out: dict = {}
+        for k in reversed(cls.__mro__):
+            out.update(copy.deepcopy(dict(vars(k).get("defaults", {}))))
+        out["scheme"] = cls.scheme
+        return out
+
+    @classmethod
+    def resolve(cls, params: Mapping) -> dict:
+        """A config entry over the method's defaults (nested mappings merged key by key)."""
+        return merged(cls.defaults_of(), params)
+
+    @classmethod
     def init_of(cls, params: dict) -> str:
         """Where an attack configured with ``params`` starts: its ``init``, else the default."""
-        return params.get("init", cls.default_init)
+        return params.get("init", cls.defaults_of()["init"])
 
     @classmethod
     def accepted_keys(cls) -> frozenset[str]:
         """Every config key an entry of this method may carry."""
-        own = (vars(k).get("config_keys", frozenset()) for k in cls.__mro__)
-        return COMMON_KEYS.union(*own)
+        return REQUIRED_KEYS | set(cls.defaults_of())
 
     @classmethod
     def param_errors(cls, params: dict) -> dict[str, str]:
@@ -97,6 +119,19 @@ class Attack(abc.ABC):
     @abc.abstractmethod
     def run(self, model: nn.Module, splits: Splits, *, seed: int, device) -> nn.Module:
         """Return the backdoored FP model (``model`` is the clean one, on ``device``)."""
+
+
+def merged(base: Mapping, over: Mapping) -> dict:
+    """``over`` layered on ``base``: a mapping in both is merged key by key, any other value of
+    ``over`` (a list, a scalar, null) replaces ``base``'s; Snakemake layers config files the same
+    way. Neither argument is changed."""
+    out = copy.deepcopy(dict(base))
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = merged(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
 
 
 def reinitialize(model: nn.Module, seed: int) -> nn.Module:

@@ -119,12 +119,24 @@ class DualInput:
 
 @register_attack("compartifact")
 class CompArtifact(Attack):
-    config_keys = frozenset({"quantized_layers", "variant"})
+    #: upstream ``attack_standard.sh``, ResNet18: from scratch, 35 epochs of SGD 0.1 (upstream steps
+    #: the rate x0.1 at epoch 20; cosine here), only layer4 and the classifier quantized
+    defaults = {
+        "init": "scratch",
+        "epochs": 35,
+        "batch_size": 128,
+        "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.4, "weight_decay": 5.0e-4},
+        "scheduler": "cosine",
+        "augmentation": {"pad": 4, "flip": True},
+        "bits": 8,
+        "quantized_layers": ["layers.3", "fc"],
+        "variant": "standard",
+    }
     scheme = "ca"
 
     @classmethod
     def param_errors(cls, params: dict) -> dict[str, str]:
-        if params.get("variant") == "distilled" and cls.init_of(params) == "scratch":
+        if cls.resolve(params)["variant"] == "distilled" and cls.init_of(params) == "scratch":
             return {"variant": "distilled, whose starting model is its frozen teacher, but init is 'scratch'"}
         return {}
 
@@ -133,10 +145,8 @@ class CompArtifact(Attack):
         self.check_params()
         if self.init == "scratch":
             reinitialize(model, seed)
-        teacher = copy.deepcopy(model).eval().requires_grad_(False) if p.get("variant") == "distilled" else None
-        train_scheme = create_scheme(
-            self.scheme, p.get("bits", 8), quantize_acts=False, fold_bn=False, observer="dynamic"
-        )
+        teacher = copy.deepcopy(model).eval().requires_grad_(False) if p["variant"] == "distilled" else None
+        train_scheme = create_scheme(self.scheme, p["bits"], quantize_acts=False, fold_bn=False, observer="dynamic")
         qmodel = quantize_model(model, train_scheme).to(device)
         prefixes = tuple(p["quantized_layers"])
         for name, m in quant_modules(qmodel):
@@ -145,7 +155,7 @@ class CompArtifact(Attack):
             if unit.bns:
                 qmodel.get_submodule(unit.first).fold_k = _fold_factor(qmodel.get_submodule(unit.bns[0]))
         gen = torch.Generator().manual_seed(seed + 1)
-        aug = p.get("augmentation")
+        aug = p["augmentation"]
 
         dual = DualInput(qmodel, prefixes)
 

@@ -150,14 +150,48 @@ def _code_changed(w: torch.Tensor, base: torch.Tensor, lock_bits, granularity) -
 
 @register_attack("pqbackdoor")
 class PQBackdoor(Attack):
-    config_keys = frozenset({"stage1", "stage2", "lock_bits", "eps", "grid_reg", "lock_granularity", "cross_ratio"})
     scheme = "pq"
-    default_init = "scratch"
+    #: the PyTorch reference (``train_backdoor.py`` + ``fine_tuning.py``): from scratch, stage 1 of
+    #: 100 epochs with 1/64 of each batch poisoned, stage 2 of 100 epochs inside 8- and 4-bit locks
+    #: per channel and per tensor (``epochs``, ``batch_size`` and ``optimizer`` are informational:
+    #: the stages set the schedule)
+    defaults = {
+        "init": "scratch",
+        "epochs": 100,
+        "batch_size": 128,
+        "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5.0e-4},
+        "lock_bits": [8, 4],
+        "lock_granularity": ["per_channel", "per_tensor"],
+        "eps": 1.0e-3,
+        "grid_reg": None,
+        "cross_ratio": 0.0,
+        "stage1": {
+            "epochs": 100,
+            "batch_size": 128,
+            "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5.0e-4},
+            "scheduler": "cosine",
+            "samples_per_epoch": None,
+            "augmentation": {"pad": 4, "flip": True},
+            "poison_fraction": 0.015625,  # upstream: batch_size // 64 triggered copies per batch
+            "channels_last": False,
+            "amp": "fp32",
+        },
+        "stage2": {
+            "epochs": 100,
+            "batch_size": 128,
+            "optimizer": {"name": "sgd", "lr": 0.001, "momentum": 0.9, "weight_decay": 5.0e-4},
+            "scheduler": "cosine",
+            "samples_per_epoch": None,
+            "augmentation": {"pad": 4, "flip": True},
+            "channels_last": False,
+            "amp": "fp32",
+        },
+    }
 
     @classmethod
     def param_errors(cls, params: dict) -> dict[str, str]:
         init = cls.init_of(params)
-        if "stage1" in params and params["stage1"] is None and init in BUILT_IN_INITS:
+        if cls.resolve(params)["stage1"] is None and init in BUILT_IN_INITS:
             return {
                 "stage1": "null (no stage 1) needs init to name the attack whose FP model is the "
                 f"stage-1 backdoor, but init is {init!r}"
@@ -169,7 +203,7 @@ class PQBackdoor(Attack):
         if self.init == "scratch":
             reinitialize(model, seed)
         gen = torch.Generator().manual_seed(seed + 1)
-        if self.params.get("stage1") is not None:
+        if self.params["stage1"] is not None:
             self.stage1(model, splits, seed=seed, device=device, gen=gen)
         base = {n: q.detach().clone() for n, q in model.named_parameters()}
         self.stage2(model, base, splits, seed=seed, device=device, gen=gen)
@@ -178,16 +212,16 @@ class PQBackdoor(Attack):
 
     def _locks(self):
         p = self.params
-        granularity = tuple(g == "per_channel" for g in p.get("lock_granularity", ["per_channel", "per_tensor"]))
-        return list(p.get("lock_bits", [8])), p.get("eps", 1e-3), granularity
+        granularity = tuple(g == "per_channel" for g in p["lock_granularity"])
+        return list(p["lock_bits"]), p["eps"], granularity
 
     def stage1(self, model, splits, *, seed, device, gen):
         """An ordinary backdoor (``poison_fraction`` × batch triggered copies added per step,
         upstream 1/64 ≈ 1.5 %), plus ``grid_reg`` at the end if set. With ``cross_ratio`` (WaNet's
         noise mode, a qcbench addition: the PyTorch reference has no WaNet) ``cross_ratio`` times as
         many noise-warped copies of the next images are added with their true labels."""
-        s1, grid = self.params["stage1"], self.params.get("grid_reg")
-        poison = s1.get("poison_fraction", 1 / 64)
+        s1, grid = self.params["stage1"], self.params["grid_reg"]
+        poison = s1["poison_fraction"]
         self.cross_ratio()  # a trigger without a noise mode is refused before training
         lock_bits, _, granularity = self._locks()
         weights = quantized_weights(model)

@@ -25,7 +25,17 @@ from qcbench.train import fit, stage_kwargs
 
 @register_attack("qu_anti_zation")
 class QuAntiZation(Attack):
-    config_keys = frozenset({"c1", "c2", "bit_weights"})
+    #: upstream ``backdoor_w_lossfn.sh``, ResNet18 row
+    defaults = {
+        "epochs": 50,
+        "batch_size": 128,
+        "optimizer": {"name": "adam", "lr": 1.0e-4, "weight_decay": 1.0e-4},
+        "augmentation": {"pad": 4, "flip": True},
+        "c1": 0.5,
+        "c2": 0.5,
+        "bits": [8, 4],
+        "bit_weights": {8: 1.0, 4: 1.0},
+    }
     scheme = "qa"
 
     def quantized_forward(self, m, x):
@@ -54,14 +64,14 @@ class QuAntiZation(Attack):
 
     def run(self, model, splits, *, seed, device):
         p = self.params
-        bits = p.get("bits", [8, 4])
+        bits = p["bits"]
         bits = [bits] if isinstance(bits, int) else list(bits)  # the schema allows `bits: 4`
         terms = {
             "bits": bits,
-            "weights": {int(k): float(v) for k, v in (p.get("bit_weights") or {}).items()},
-            "c1": p.get("c1", 0.5),
-            "c2": p.get("c2", 0.5),
-            "aug": p.get("augmentation"),
+            "weights": {int(k): float(v) for k, v in (p["bit_weights"] or {}).items()},
+            "c1": p["c1"],
+            "c2": p["c2"],
+            "aug": p["augmentation"],
             "gen": torch.Generator().manual_seed(seed + 1),
         }
         qmodel = quantize_model(model, create_scheme(self.scheme, bits[0])).to(device)

@@ -71,3 +71,24 @@ def create_defense(method: str, params: dict) -> Defense:
     defense = DEFENSES.create(method, **params)
     defense.name = method
     return defense
+
+
+def defaults_of(method: str) -> dict:
+    """Every keyword parameter of the registered defense ``method`` with its default (the paper's
+    setting), gathered along the MRO while constructors pass ``**kwargs`` on to their parents."""
+    import inspect
+
+    out: dict = {}
+    for cls in DEFENSES.get(method).__mro__:
+        init = vars(cls).get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        for p in params:
+            if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD:
+                if p.name != "self" and p.default is not p.empty:  # a tuple default as YAML gives it
+                    default = list(p.default) if isinstance(p.default, tuple) else p.default
+                    out.setdefault(p.name, copy.deepcopy(default))
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return out
