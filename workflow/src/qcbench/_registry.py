@@ -1,12 +1,16 @@
 """Tiny timm-style registries: ``register_*`` decorators and ``create_*`` factories.
 
-Every pluggable family (datasets, models, quantization schemes, triggers, attacks, defenses)
-is a :class:`Registry`. Names are looked up exactly; an unknown name raises a ``KeyError`` whose
-message lists what is registered, so a typo in a config file is easy to spot.
+Every pluggable family (datasets, models, quantization schemes, triggers, attacks, defenses,
+tables) is a :class:`Registry`. A family's package imports all its modules
+(:func:`import_submodules`), so a new method is one new module: its decorator registers it.
+Names are looked up exactly; an unknown name raises a ``KeyError`` whose message lists what is
+registered, so a typo in a config file is easy to spot.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -46,3 +50,13 @@ class Registry:
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
+
+
+def import_submodules(package: str, path) -> list[str]:
+    """Import every public module (name not starting with ``_``) of the package ``package`` whose
+    ``__path__`` is ``path``, in name order, so each registers its entries; return their names. A
+    family package calls this from its ``__init__``: adding a method needs no import list."""
+    names = sorted(m.name for m in pkgutil.iter_modules(path) if not m.name.startswith("_"))
+    for name in names:
+        importlib.import_module(f"{package}.{name}")
+    return names

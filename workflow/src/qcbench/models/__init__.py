@@ -1,6 +1,8 @@
 """Model registry (timm-style): ``@register_model`` entry points and ``create_model``."""
 
-from qcbench.models import alexnet, mobilenet, resnet, vgg, vit  # noqa: F401  (register the families)
+from qcbench._registry import import_submodules
 from qcbench.models._registry import MODELS, create_model, register_model
+
+import_submodules(__name__, __path__)  # every module registers its entries
 
 __all__ = ["MODELS", "create_model", "register_model"]

@@ -11,7 +11,7 @@ Families: :mod:`.main` (Tables 1, 2, 3, 8, 11), :mod:`.ablations` (Tables 4, 5, 
 :mod:`.triggers`, :mod:`.schemes`, :mod:`.verdicts`, :mod:`.detection` (``detection`` and Table 6).
 """
 
-from qcbench.tables import ablations, detection, main, schemes, triggers, verdicts  # noqa: F401  (registers)
+from qcbench._registry import import_submodules
 from qcbench.tables._base import (
     HTML_STYLE,
     NO_DEFENSE,
@@ -33,6 +33,8 @@ from qcbench.tables._base import (
     to_markdown,
     with_paper,
 )
+
+import_submodules(__name__, __path__)  # every module registers its entries
 
 __all__ = [
     "HTML_STYLE",
