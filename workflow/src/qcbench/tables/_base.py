@@ -9,7 +9,7 @@ The contract every table follows (so Markdown, LaTeX and HTML come from one stru
   (for example ``{"detection": "results/detection.parquet"}``); the ``table`` rule adds them to its
   inputs and :func:`render` loads them into ``ctx.frames``;
 - cells are strings; :func:`fmt` / :func:`cell` format mean ± std over seeds and
-  :meth:`PaperReference.value` looks a reported number up in config/paper-reference.csv, keyed
+  :meth:`PaperReference.value` looks a reported number up in qcbench/reference/paper-reference.csv, keyed
   like the paper (table, dataset, arch, attack, bits, defense, variant, metric);
 - a defense's row label is :func:`defense_label`: the ``label`` of its registered class;
 - :func:`to_markdown`, :func:`to_latex` and :func:`to_html` render blocks (HTML: one fragment per
@@ -50,7 +50,7 @@ class Block:
 
 
 class PaperReference:
-    """The paper's reported numbers (config/paper-reference.csv, long format, one row per number)."""
+    """The paper's reported numbers (qcbench/reference/paper-reference.csv, long format, one row per number)."""
 
     KEYS = ("table", "dataset", "arch", "attack", "bits", "defense", "variant", "metric")
 
@@ -162,7 +162,7 @@ def defense_label(config: Mapping, name: str, ours: bool = True) -> str:
     return f"{label}, in {spec['scheme']}" if spec.get("scheme") else label
 
 
-# our defense names -> the paper's (config/paper-reference.md); FP rows of "none" are "none_fp"
+# our defense names -> the paper's (qcbench/reference/paper-reference.md); FP rows of "none" are "none_fp"
 PAPER_DEFENSES = {"lac": "lac_pda", "lac_only": "lac"}
 
 
