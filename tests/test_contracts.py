@@ -26,6 +26,7 @@ from qcbench.defenses.base import defaults_of
 from qcbench.detection import DETECTORS, STATUSES, DetectionInputs, Verdict, create_detector
 from qcbench.figures import FIGURES, FigureResult, figure_inputs, render_figure
 from qcbench.models import MODELS, create_model
+from qcbench.package_data import PAPER_REFERENCE
 from qcbench.quant import (
     QUANT_MODULES,
     SCHEMES,
@@ -106,25 +107,23 @@ def test_tiny_budget_cuts_every_budget_and_keeps_the_rest():
 
 
 # -- shared tiny inputs -------------------------------------------------------------------------
-def tiny_resnet(meta: Mapping) -> nn.Module:
-    torch.manual_seed(0)
-    return create_model("resnet_tiny", meta["num_classes"], meta["in_channels"], meta["mean"], meta["std"], width=4)
-
-
 @pytest.fixture(scope="module")
 def trained(tiny_splits, one_torch_thread):
     """``resnet_tiny`` (width 4) after one epoch of clean training: logits with real margins."""
-    model = tiny_resnet(tiny_splits.meta)
+    torch.manual_seed(0)
+    m = tiny_splits.meta
+    model = create_model("resnet_tiny", m["num_classes"], m["in_channels"], m["mean"], m["std"], width=4)
     train_clean(model, tiny_splits.train, {"epochs": 1, "batch_size": 64, "optimizer": {"name": "adam", "lr": 3e-3}}, 0)
     return model.eval()
 
 
 @pytest.fixture(scope="module")
-def paper_config():
-    """The shipped paper config (the local defaults under config/config.yaml)."""
+def shipped_configs() -> dict[str, dict]:
+    """The shipped configs as the workflow loads them (methods resolved): the local default and
+    the paper config."""
     from qcbench.config import load_config
 
-    return load_config(ROOT / "config" / "config.yaml")
+    return {"local": load_config(), "paper": load_config(ROOT / "config" / "config.yaml")}
 
 
 def images(splits, n: int = 32) -> torch.Tensor:
@@ -145,6 +144,23 @@ def finite_logits(model: nn.Module, x: torch.Tensor, classes: int) -> torch.Tens
     assert out.shape == (len(x), classes) and out.dtype == torch.float32
     assert torch.isfinite(out).all()
     return out
+
+
+def reloaded(model: nn.Module, meta: Mapping, path: Path) -> nn.Module:
+    """``model`` written to and read back from the pipeline's model files (safetensors + JSON)."""
+    from qcbench import io
+
+    scheme = getattr(model, "qcbench_scheme", None)
+    io.save_model(model, path, dict(meta) | {"scheme": scheme.to_dict() if scheme else None})
+    return io.load_model(path)[0]
+
+
+def tiny_meta(splits, **arch_kwargs) -> dict:
+    """The model-file metadata :func:`qcbench.io.build_model` reads, for ``resnet_tiny``."""
+    m = splits.meta
+    return {"arch": "resnet_tiny", "arch_kwargs": arch_kwargs or {"width": 4}} | {
+        k: m[k] for k in ("num_classes", "in_channels", "image_size", "mean", "std")
+    }
 
 
 def quant_layers(model: nn.Module) -> int:
@@ -223,17 +239,24 @@ def test_attack_builds_from_its_defaults_and_declares_a_scheme(name):
 
 
 @pytest.mark.parametrize("name", ATTACKS.names())
-def test_attack_run_on_the_smallest_budget_returns_the_same_architecture(name, trained, tiny_splits):
+def test_attack_run_on_the_smallest_budget_returns_the_same_architecture(name, trained, tiny_splits, tmp_path):
     spec = {"target": 1, "trigger": TRIGGER} | tiny_budget(ATTACKS.get(name).defaults_of())
-    attack = create_attack(name, spec, tiny_splits.meta["image_size"])
-    start = copy.deepcopy(trained)
-    before = state(start)
-    out = attack.run(start, tiny_splits, seed=0, device="cpu")
+    before = state(trained)
+    runs = []
+    for _ in range(2):  # seeded as the attack stage seeds it: the same model twice
+        torch.manual_seed(0)
+        attack = create_attack(name, spec, tiny_splits.meta["image_size"])
+        runs.append(attack.run(copy.deepcopy(trained), tiny_splits, seed=0, device="cpu"))
+    out = runs[0]
     assert type(out) is type(trained) and not out.training and quant_layers(out) == 0
     after = state(out)
     assert {k: v.shape for k, v in after.items()} == {k: v.shape for k, v in before.items()}
     assert not same_state(after, before)  # it trained
-    finite_logits(out, images(tiny_splits), tiny_splits.meta["num_classes"])
+    assert same_state(state(runs[1]), after), f"{name} is not reproducible under a fixed seed"
+    x = images(tiny_splits)
+    logits = finite_logits(out, x, tiny_splits.meta["num_classes"])
+    with torch.no_grad():
+        assert torch.equal(reloaded(out, tiny_meta(tiny_splits), tmp_path / "m.safetensors")(x), logits)
 
 
 # -- defenses -----------------------------------------------------------------------------------
@@ -263,17 +286,25 @@ def qmodel(trained, tiny_splits):
 
 
 @pytest.mark.parametrize("name", DEFENSES.names())
-def test_defense_run_returns_a_quantized_model_in_the_input_scheme(name, trained, qmodel, tiny_splits):
-    defense = create_defense(name, tiny_budget(defaults_of(name)))
+def test_defense_run_returns_a_quantized_model_in_the_input_scheme(name, trained, qmodel, tiny_splits, tmp_path):
     fp_before, q_before = state(trained), state(qmodel)
     calib = {"calib_images": 64, "calib_batch_size": 32} if is_fp_defense(name) else {}
-    out = defense.run(trained, qmodel, tiny_splits, seed=0, device="cpu", **calib)
+    runs = []
+    for _ in range(2):  # seeded as the defend stage seeds it: the same model twice
+        torch.manual_seed(0)
+        defense = create_defense(name, tiny_budget(defaults_of(name)))
+        runs.append(defense.run(trained, qmodel, tiny_splits, seed=0, device="cpu", **calib))
+        assert same_state(state(trained), fp_before) and same_state(state(qmodel), q_before)  # inputs untouched
+    out = runs[0]
     assert out.qcbench_scheme == qmodel.qcbench_scheme
     assert quant_layers(out) == quant_layers(qmodel) > 0 and not out.training
     layers = [m for m in out.modules() if isinstance(m, QUANT_MODULES)]
     assert all(bool(m.wq.calibrated) and (m.aq is None or bool(m.aq.calibrated)) for m in layers)
-    finite_logits(out, images(tiny_splits), tiny_splits.meta["num_classes"])
-    assert same_state(state(trained), fp_before) and same_state(state(qmodel), q_before)  # inputs untouched
+    assert same_state(state(runs[1]), state(out)), f"{name} is not reproducible under a fixed seed"
+    x = images(tiny_splits)
+    logits = finite_logits(out, x, tiny_splits.meta["num_classes"])
+    with torch.no_grad():
+        assert torch.equal(reloaded(out, tiny_meta(tiny_splits), tmp_path / "m.safetensors")(x), logits)
 
 
 # -- triggers -----------------------------------------------------------------------------------
@@ -301,22 +332,27 @@ def test_trigger_keeps_shape_dtype_range_and_is_deterministic(name, channels, dt
 
 # -- models -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", MODELS.names())
-def test_model_builds_for_a_small_input_and_quantizes(name, paper_config, one_torch_thread):
+def test_model_builds_for_a_small_input_and_quantizes(name, shipped_configs, one_torch_thread, tmp_path):
     torch.manual_seed(0)
     model = create_model(name, 7, 3, [0.5] * 3, [0.25] * 3, image_size=32).eval()
     x = torch.rand(2, 3, 32, 32)
     fp = finite_logits(model, x, 7)
     torch.fx.symbolic_trace(model)  # layer units and the FX backends trace it
     n = sum(isinstance(m, nn.Conv2d | nn.Linear) for m in model.modules())
-    q = calibrate(quantize_model(model, create_scheme(paper_config["quant"]["default_scheme"], 8)), [x])
+    q = calibrate(quantize_model(model, create_scheme(shipped_configs["paper"]["quant"]["default_scheme"], 8)), [x])
     assert quant_layers(q) == n > 0
     assert torch.equal(model(x), fp)  # quantize_model works on a copy
-    finite_logits(q, x, 7)
+    out = finite_logits(q, x, 7)
+    # both round-trip through the pipeline's model files, built from the metadata alone
+    meta = {"arch": name, "num_classes": 7, "in_channels": 3, "image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3}
+    with torch.no_grad():
+        assert torch.equal(reloaded(model, meta, tmp_path / "fp.safetensors")(x), fp)
+        assert torch.equal(reloaded(q, meta, tmp_path / "q.safetensors")(x), out)
 
 
 # -- schemes ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", SCHEMES.names())
-def test_scheme_quantizes_the_tiny_model_close_to_fp_at_8_bits(name, trained, tiny_splits):
+def test_scheme_quantizes_the_tiny_model_close_to_fp_at_8_bits(name, trained, tiny_splits, tmp_path):
     x = images(tiny_splits, 64)
     fp = finite_logits(trained, x, 10)
     errors = {}
@@ -327,6 +363,8 @@ def test_scheme_quantizes_the_tiny_model_close_to_fp_at_8_bits(name, trained, ti
         q = quantize_calibrated(trained, scheme, tiny_splits.defender, images=64, batch_size=32)
         assert q.qcbench_scheme == scheme and quant_layers(q) > 0
         out = finite_logits(q, x, 10)
+        with torch.no_grad():  # the pipeline's model files hold the calibrated grid
+            assert torch.equal(reloaded(q, tiny_meta(tiny_splits), tmp_path / f"w{bits}.safetensors")(x), out)
         errors[bits] = ((out - fp).norm() / fp.norm()).item()
         if bits == 8:
             agree = (out.argmax(1) == fp.argmax(1)).float().mean().item()
@@ -384,14 +422,17 @@ def collated(tmp_path_factory) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("name", TABLES.names())
-def test_table_renders_from_fabricated_metrics(name, collated, paper_config):
+def test_table_renders_from_fabricated_metrics(name, collated, shipped_configs):
     inputs = table_inputs(name)
     for key, path in inputs.items():
         assert key in FRAMES, f"table {name} needs a fabricated {key!r} frame here"
         assert path.startswith("results/") and Path(path).suffix == ".parquet", path
     frames = {k: FRAMES[k]() for k in inputs}
-    paper = PaperReference.load(ROOT / "config" / "paper-reference.csv")
-    for ctx in (TableContext(collated, CONFIG, paper, frames), TableContext(collated, paper_config, paper)):
+    paper = PaperReference.load(PAPER_REFERENCE)
+    assert not paper.frame.empty
+    contexts = [TableContext(collated, CONFIG, paper, frames)]  # the fabricated cells' config
+    contexts += [TableContext(collated, cfg, paper) for cfg in shipped_configs.values()]  # inputs not yet made
+    for ctx in contexts:
         out = render(name, ctx)
         assert set(out) == {"md", "tex", "html"}
         assert out["md"].strip() and out["md"].endswith("\n")
@@ -497,9 +538,13 @@ def test_detector_builds_from_its_defaults_and_scores_the_tiny_model(name, train
     detector = create_detector(name, tiny_budget(defaults))
     inputs = DetectionInputs(tiny_splits, create_trigger(TRIGGER, 28), 0, 0.1, seed=0)
     before = state(trained)
-    torch.manual_seed(0)
-    verdict = detector.detect(copy.deepcopy(trained), inputs)
+    verdicts = []
+    for _ in range(2):  # seeded as the detect stage seeds each detector: the same verdict twice
+        torch.manual_seed(0)
+        verdicts.append(detector.detect(copy.deepcopy(trained), inputs))
+    verdict = verdicts[0]
     assert isinstance(verdict, Verdict) and isinstance(verdict.detected, bool)
     assert verdict.status in STATUSES and math.isfinite(verdict.score) and math.isfinite(verdict.threshold)
-    json.dumps(verdict.detail)  # stored in the detection frame as JSON
+    assert json.loads(json.dumps(verdict.detail)) == json.loads(json.dumps(verdicts[1].detail))  # stored as JSON
+    assert verdicts[1] == verdict, f"{name} is not reproducible under a fixed seed"
     assert same_state(state(trained), before)
