@@ -21,9 +21,10 @@ from qcbench.attacks import ATTACKS, create_attack, declared_scheme
 from qcbench.attacks.base import REQUIRED_KEYS, cell_bits
 from qcbench.backends import BACKENDS, QuantizedModel, available_backends, quantize_real
 from qcbench.data import DATASETS, DataSourceError, load_prepared, prepare_dataset
-from qcbench.defenses import DEFENSES, FPDefense, create_defense, is_fp_defense
+from qcbench.defenses import DEFENSES, FPDefense, LayerwiseDefense, create_defense, is_fp_defense
 from qcbench.defenses.base import defaults_of
-from qcbench.detection import DETECTORS, STATUSES, DetectionInputs, Verdict, create_detector
+from qcbench.detection import DETECTORS, STATUSES, DetectionInputs, Verdict, at_precision, create_detector
+from qcbench.detection.base import NoGradientError
 from qcbench.figures import FIGURES, FigureResult, figure_inputs, render_figure
 from qcbench.models import MODELS, create_model
 from qcbench.package_data import PAPER_REFERENCE
@@ -130,12 +131,27 @@ def images(splits, n: int = 32) -> torch.Tensor:
     return splits.test.x[:n].float() / 255
 
 
-def state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+def _copied(v):
+    return v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+
+
+def state(model: nn.Module) -> dict:
+    """A copy of ``model``'s state (dynamically quantized layers hold a dtype and a weight/bias pair)."""
+    return {k: tuple(map(_copied, v)) if isinstance(v, tuple) else _copied(v) for k, v in model.state_dict().items()}
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        if a.is_quantized or b.is_quantized:
+            return a.is_quantized and b.is_quantized and torch.equal(a.dequantize(), b.dequantize())
+        return torch.equal(a, b)
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(map(_same, a, b))
+    return a == b
 
 
 def same_state(a: Mapping, b: Mapping) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
 
 
 def finite_logits(model: nn.Module, x: torch.Tensor, classes: int) -> torch.Tensor:
@@ -146,11 +162,11 @@ def finite_logits(model: nn.Module, x: torch.Tensor, classes: int) -> torch.Tens
     return out
 
 
-def reloaded(model: nn.Module, meta: Mapping, path: Path) -> nn.Module:
-    """``model`` written to and read back from the pipeline's model files (safetensors + JSON)."""
+def reloaded(model: nn.Module, meta: Mapping, path: Path, scheme: QuantScheme | None = None) -> nn.Module:
+    """``model`` (quantized with ``scheme``, if any) written to and read back from the pipeline's
+    model files (safetensors + JSON)."""
     from qcbench import io
 
-    scheme = getattr(model, "qcbench_scheme", None)
     io.save_model(model, path, dict(meta) | {"scheme": scheme.to_dict() if scheme else None})
     return io.load_model(path)[0]
 
@@ -279,14 +295,34 @@ def test_defense_has_a_label_and_builds_from_its_defaults(name):
     assert is_fp_defense(name) == isinstance(d, FPDefense)
 
 
+#: the cells' quantizers a defense is run on: a calibrated per-channel one, and CompArtifact's,
+#: which folds BatchNorm into the convolutions (the quantized model is a torch.fx GraphModule)
+DEFENDED_SCHEMES = [("pq", 4), ("ca", 8)]
+
+
 @pytest.fixture(scope="module")
-def qmodel(trained, tiny_splits):
-    """The tiny model at 4 bits in PQBackdoor's calibrated per-channel scheme."""
-    return quantize_calibrated(trained, create_scheme("pq", 4), tiny_splits.defender, images=64, batch_size=32)
+def qmodels(trained, tiny_splits) -> dict:
+    """The tiny model quantized and calibrated in each of :data:`DEFENDED_SCHEMES`."""
+    return {
+        (family, bits): quantize_calibrated(trained, create_scheme(family, bits), tiny_splits.defender, images=64)
+        for family, bits in DEFENDED_SCHEMES
+    }
 
 
+@pytest.mark.parametrize("family,bits", DEFENDED_SCHEMES)
 @pytest.mark.parametrize("name", DEFENSES.names())
-def test_defense_run_returns_a_quantized_model_in_the_input_scheme(name, trained, qmodel, tiny_splits, tmp_path):
+def test_defense_run_returns_a_quantized_model_in_the_input_scheme(
+    name, family, bits, trained, qmodels, tiny_splits, tmp_path, request
+):
+    qmodel = qmodels[family, bits]
+    if qmodel.qcbench_scheme.fold_bn and issubclass(DEFENSES.get(name), LayerwiseDefense):
+        request.applymarker(
+            pytest.mark.xfail(
+                raises=AttributeError,
+                strict=True,
+                reason="a deep copy of a BN-folded quantized model (torch.fx GraphModule) loses qcbench_scheme",
+            )
+        )
     fp_before, q_before = state(trained), state(qmodel)
     calib = {"calib_images": 64, "calib_batch_size": 32} if is_fp_defense(name) else {}
     runs = []
@@ -296,7 +332,6 @@ def test_defense_run_returns_a_quantized_model_in_the_input_scheme(name, trained
         runs.append(defense.run(trained, qmodel, tiny_splits, seed=0, device="cpu", **calib))
         assert same_state(state(trained), fp_before) and same_state(state(qmodel), q_before)  # inputs untouched
     out = runs[0]
-    assert out.qcbench_scheme == qmodel.qcbench_scheme
     assert quant_layers(out) == quant_layers(qmodel) > 0 and not out.training
     layers = [m for m in out.modules() if isinstance(m, QUANT_MODULES)]
     assert all(bool(m.wq.calibrated) and (m.aq is None or bool(m.aq.calibrated)) for m in layers)
@@ -304,7 +339,10 @@ def test_defense_run_returns_a_quantized_model_in_the_input_scheme(name, trained
     x = images(tiny_splits)
     logits = finite_logits(out, x, tiny_splits.meta["num_classes"])
     with torch.no_grad():
-        assert torch.equal(reloaded(out, tiny_meta(tiny_splits), tmp_path / "m.safetensors")(x), logits)
+        assert torch.equal(
+            reloaded(out, tiny_meta(tiny_splits), tmp_path / "m.safetensors", qmodel.qcbench_scheme)(x), logits
+        )
+    assert out.qcbench_scheme == qmodel.qcbench_scheme
 
 
 # -- triggers -----------------------------------------------------------------------------------
@@ -347,7 +385,7 @@ def test_model_builds_for_a_small_input_and_quantizes(name, shipped_configs, one
     meta = {"arch": name, "num_classes": 7, "in_channels": 3, "image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3}
     with torch.no_grad():
         assert torch.equal(reloaded(model, meta, tmp_path / "fp.safetensors")(x), fp)
-        assert torch.equal(reloaded(q, meta, tmp_path / "q.safetensors")(x), out)
+        assert torch.equal(reloaded(q, meta, tmp_path / "q.safetensors", q.qcbench_scheme)(x), out)
 
 
 # -- schemes ------------------------------------------------------------------------------------
@@ -364,7 +402,7 @@ def test_scheme_quantizes_the_tiny_model_close_to_fp_at_8_bits(name, trained, ti
         assert q.qcbench_scheme == scheme and quant_layers(q) > 0
         out = finite_logits(q, x, 10)
         with torch.no_grad():  # the pipeline's model files hold the calibrated grid
-            assert torch.equal(reloaded(q, tiny_meta(tiny_splits), tmp_path / f"w{bits}.safetensors")(x), out)
+            assert torch.equal(reloaded(q, tiny_meta(tiny_splits), tmp_path / f"w{bits}.safetensors", scheme)(x), out)
         errors[bits] = ((out - fp).norm() / fp.norm()).item()
         if bits == 8:
             agree = (out.argmax(1) == fp.argmax(1)).float().mean().item()
@@ -528,8 +566,9 @@ def test_figure_draws_from_the_files_it_declares(name, figure_cell, one_torch_th
 
 
 # -- detectors ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("precision", ["fp32", "int4_sim", "int8_dynamic"])
 @pytest.mark.parametrize("name", DETECTORS.names())
-def test_detector_builds_from_its_defaults_and_scores_the_tiny_model(name, trained, tiny_splits):
+def test_detector_builds_from_its_defaults_and_scores_the_tiny_model(name, precision, trained, tiny_splits):
     cls = DETECTORS.get(name)
     sig = inspect.signature(cls)
     assert all(p.default is not p.empty for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD)
@@ -537,14 +576,19 @@ def test_detector_builds_from_its_defaults_and_scores_the_tiny_model(name, train
     assert create_detector(name, {}).name == name
     detector = create_detector(name, tiny_budget(defaults))
     inputs = DetectionInputs(tiny_splits, create_trigger(TRIGGER, 28), 0, 0.1, seed=0)
-    before = state(trained)
+    model = at_precision(trained, precision, create_scheme("qa", 4), tiny_splits.defender, images=64)
+    before = state(model)
+    if cls.gradient_based and precision == "int8_dynamic":  # PyTorch's dynamic int8 modules pass no gradient
+        with pytest.raises(NoGradientError):
+            detector.detect(model, inputs)
+        return
     verdicts = []
     for _ in range(2):  # seeded as the detect stage seeds each detector: the same verdict twice
         torch.manual_seed(0)
-        verdicts.append(detector.detect(copy.deepcopy(trained), inputs))
+        verdicts.append(detector.detect(copy.deepcopy(model), inputs))
     verdict = verdicts[0]
     assert isinstance(verdict, Verdict) and isinstance(verdict.detected, bool)
     assert verdict.status in STATUSES and math.isfinite(verdict.score) and math.isfinite(verdict.threshold)
     assert json.loads(json.dumps(verdict.detail)) == json.loads(json.dumps(verdicts[1].detail))  # stored as JSON
     assert verdicts[1] == verdict, f"{name} is not reproducible under a fixed seed"
-    assert same_state(state(trained), before)
+    assert same_state(state(model), before)
