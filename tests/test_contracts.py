@@ -171,10 +171,10 @@ def reloaded(model: nn.Module, meta: Mapping, path: Path, scheme: QuantScheme | 
     return io.load_model(path)[0]
 
 
-def tiny_meta(splits, **arch_kwargs) -> dict:
-    """The model-file metadata :func:`qcbench.io.build_model` reads, for ``resnet_tiny``."""
+def tiny_meta(splits) -> dict:
+    """The model-file metadata :func:`qcbench.io.build_model` reads, for the tiny ``resnet_tiny``."""
     m = splits.meta
-    return {"arch": "resnet_tiny", "arch_kwargs": arch_kwargs or {"width": 4}} | {
+    return {"arch": "resnet_tiny", "arch_kwargs": {"width": 4}} | {
         k: m[k] for k in ("num_classes", "in_channels", "image_size", "mean", "std")
     }
 
@@ -232,7 +232,7 @@ def test_the_public_factory_refuses_an_unknown_name_listing_the_known(registry):
 
 # -- attacks ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ATTACKS.names())
-def test_attack_builds_from_its_defaults_and_declares_a_scheme(name):
+def test_attack_builds_from_its_defaults_and_declares_a_scheme(name, shipped_configs):
     cls = ATTACKS.get(name)
     attack = create_attack(name, {"target": 1, "trigger": TRIGGER}, 28)
     defaults = cls.defaults_of()
@@ -246,8 +246,9 @@ def test_attack_builds_from_its_defaults_and_declares_a_scheme(name):
     assert attack.describe() == {"name": name, "target": 1, "trigger": TRIGGER, "scheme": cls.scheme}
     # its scheme family: its own, else the default one; a registered scheme at every bit width it gets
     assert defaults["scheme"] == cls.scheme and (cls.scheme is None or cls.scheme in SCHEMES)
-    scheme = declared_scheme(attack.params, "qa")
-    assert scheme == (cls.scheme or "qa")
+    default = shipped_configs["paper"]["quant"]["default_scheme"]
+    scheme = declared_scheme(attack.params, default)
+    assert scheme == (cls.scheme or default)
     bits = cell_bits(attack.params, [8, 4])
     assert bits and all(create_scheme(scheme, b).weight_bits == b for b in bits)
     # where it starts
@@ -369,11 +370,15 @@ def test_trigger_keeps_shape_dtype_range_and_is_deterministic(name, channels, dt
 
 
 # -- models -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("channels,size", [(1, 28), (3, 32)])  # Fashion-MNIST's and CIFAR-10's images
 @pytest.mark.parametrize("name", MODELS.names())
-def test_model_builds_for_a_small_input_and_quantizes(name, shipped_configs, one_torch_thread, tmp_path):
+def test_model_builds_for_a_small_input_and_quantizes(
+    name, channels, size, shipped_configs, one_torch_thread, tmp_path
+):
     torch.manual_seed(0)
-    model = create_model(name, 7, 3, [0.5] * 3, [0.25] * 3, image_size=32).eval()
-    x = torch.rand(2, 3, 32, 32)
+    mean, std = [0.5] * channels, [0.25] * channels
+    model = create_model(name, 7, channels, mean, std, image_size=size).eval()
+    x = torch.rand(2, channels, size, size)
     fp = finite_logits(model, x, 7)
     torch.fx.symbolic_trace(model)  # layer units and the FX backends trace it
     n = sum(isinstance(m, nn.Conv2d | nn.Linear) for m in model.modules())
@@ -382,7 +387,7 @@ def test_model_builds_for_a_small_input_and_quantizes(name, shipped_configs, one
     assert torch.equal(model(x), fp)  # quantize_model works on a copy
     out = finite_logits(q, x, 7)
     # both round-trip through the pipeline's model files, built from the metadata alone
-    meta = {"arch": name, "num_classes": 7, "in_channels": 3, "image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3}
+    meta = {"arch": name, "num_classes": 7, "in_channels": channels, "image_size": size, "mean": mean, "std": std}
     with torch.no_grad():
         assert torch.equal(reloaded(model, meta, tmp_path / "fp.safetensors")(x), fp)
         assert torch.equal(reloaded(q, meta, tmp_path / "q.safetensors", q.qcbench_scheme)(x), out)
@@ -468,8 +473,13 @@ def test_table_renders_from_fabricated_metrics(name, collated, shipped_configs):
     frames = {k: FRAMES[k]() for k in inputs}
     paper = PaperReference.load(PAPER_REFERENCE)
     assert not paper.frame.empty
+    empty = collated.iloc[:0]  # nothing evaluated yet
     contexts = [TableContext(collated, CONFIG, paper, frames)]  # the fabricated cells' config
     contexts += [TableContext(collated, cfg, paper) for cfg in shipped_configs.values()]  # inputs not yet made
+    contexts += [
+        TableContext(empty, cfg, paper, {k: f.iloc[:0] for k, f in frames.items()})
+        for cfg in (CONFIG, *shipped_configs.values())
+    ]
     for ctx in contexts:
         out = render(name, ctx)
         assert set(out) == {"md", "tex", "html"}
