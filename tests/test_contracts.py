@@ -21,7 +21,7 @@ from qcbench.attacks import ATTACKS, create_attack, declared_scheme
 from qcbench.attacks.base import REQUIRED_KEYS, cell_bits
 from qcbench.backends import BACKENDS, QuantizedModel, available_backends, quantize_real
 from qcbench.data import DATASETS, DataSourceError, load_prepared, prepare_dataset
-from qcbench.defenses import DEFENSES, FPDefense, LayerwiseDefense, create_defense, is_fp_defense
+from qcbench.defenses import DEFENSES, FPDefense, create_defense, is_fp_defense
 from qcbench.defenses.base import defaults_of
 from qcbench.detection import DETECTORS, STATUSES, DetectionInputs, Verdict, at_precision, create_detector
 from qcbench.detection.base import NoGradientError
@@ -316,14 +316,6 @@ def test_defense_run_returns_a_quantized_model_in_the_input_scheme(
     name, family, bits, trained, qmodels, tiny_splits, tmp_path, request
 ):
     qmodel = qmodels[family, bits]
-    if qmodel.qcbench_scheme.fold_bn and issubclass(DEFENSES.get(name), LayerwiseDefense):
-        request.applymarker(
-            pytest.mark.xfail(
-                raises=AttributeError,
-                strict=True,
-                reason="a deep copy of a BN-folded quantized model (torch.fx GraphModule) loses qcbench_scheme",
-            )
-        )
     fp_before, q_before = state(trained), state(qmodel)
     calib = {"calib_images": 64, "calib_batch_size": 32} if is_fp_defense(name) else {}
     runs = []

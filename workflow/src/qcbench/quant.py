@@ -431,8 +431,17 @@ def quantize_model(model: nn.Module, scheme: QuantScheme) -> nn.Module:
         new._init_quant(scheme, wb, ab)
         new.to(old.weight.device)
         _swap(model, name, new)
-    model.qcbench_scheme = scheme
+    _set_scheme(model, scheme)
     return model
+
+
+def _set_scheme(model: nn.Module, scheme: QuantScheme) -> None:
+    """Record ``scheme`` on ``model``; a BN-folded model is a ``torch.fx.GraphModule``, whose deep
+    copy keeps only the attributes its ``meta["_user_preserved_attributes"]`` lists, so the scheme
+    is listed there too (a defense's working copy must still know its quantizer)."""
+    model.qcbench_scheme = scheme
+    if isinstance(model, torch.fx.GraphModule):
+        model.meta.setdefault("_user_preserved_attributes", {})["qcbench_scheme"] = scheme
 
 
 def quant_modules(model: nn.Module) -> Iterator[tuple[str, _QuantMixin]]:
@@ -451,7 +460,7 @@ def set_bits(model: nn.Module, bits: int) -> None:
             if q is not None:
                 q.bits = b
                 q.reset()
-    model.qcbench_scheme = dataclasses.replace(scheme, weight_bits=bits, act_bits=bits)
+    _set_scheme(model, dataclasses.replace(scheme, weight_bits=bits, act_bits=bits))
 
 
 def set_quant_enabled(model: nn.Module, enabled: bool) -> None:
