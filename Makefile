@@ -3,11 +3,12 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 CORES ?= 2
-SNAKEMAKE := $(VENV)/bin/snakemake
+# The venv's bin first, so snakemake finds the scontrol wrapper (workflow/profiles/scontrol.sh).
+SNAKEMAKE := PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/snakemake
 
-.PHONY: setup system-packages slurm-conf profiles run test test-fast bench lint format dryrun-paper archive clean
+.PHONY: setup system-packages slurm-conf profiles scontrol-wrapper run test test-fast bench lint format dryrun-paper archive clean
 
-setup: system-packages slurm-conf profiles $(VENV)/.installed
+setup: system-packages slurm-conf profiles $(VENV)/.installed scontrol-wrapper
 
 # Debian packages: the real Fashion-MNIST (IDX files under /usr/share/datasets/fashion-mnist),
 # chromium (headless, for the report test) and
@@ -36,6 +37,11 @@ profiles:
 	  elif [ -e "$$dst" ]; then \
 	    echo "profiles: warning: $$dst is not a link; left alone (--profile $$p uses it, not $$src)" >&2; \
 	  else ln -s "$$src" "$$dst" && echo "profiles: linked $$dst -> $$src"; fi; done
+
+# .venv/bin/scontrol: fails at once when no SLURM controller listens, instead of the ~9 s every
+# snakemake start would wait in the slurm executor plugin's `scontrol show config` (see the script).
+scontrol-wrapper: $(VENV)/.installed
+	@install -m 755 workflow/profiles/scontrol.sh $(VENV)/bin/scontrol
 
 $(VENV)/.installed: envs/requirements.txt envs/requirements.lock pyproject.toml
 	python3 -m venv $(VENV)

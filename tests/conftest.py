@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import struct
 import sys
 from pathlib import Path
@@ -22,13 +23,12 @@ REAL_PATH = os.environ.get("PATH", "")  # test_slurm runs SLURM's own tools with
 @pytest.fixture(scope="session", autouse=True)
 def no_slurm_probe(tmp_path_factory):
     """Every `snakemake` start imports the slurm executor plugin, which asks `scontrol show config`
-    for MinJobAge (plugin 2.8.0). With slurm-client installed but no controller up, that waits
-    ~9 s per start. Tests that do not use SLURM see an `scontrol` that fails at once instead (the
-    plugin then assumes no MinJobAge); test_slurm passes REAL_PATH to what it runs."""
-    stub = tmp_path_factory.mktemp("no_slurm")
-    (stub / "scontrol").write_text("#!/bin/sh\nexit 1\n")
-    (stub / "scontrol").chmod(0o755)
-    os.environ["PATH"] = f"{stub}{os.pathsep}{REAL_PATH}"
+    for MinJobAge. With slurm-client installed but no controller up, that waits ~9 s per start.
+    Tests see the wrapper `make setup` installs as .venv/bin/scontrol (workflow/profiles/scontrol.sh),
+    which fails at once when no controller listens; test_slurm passes REAL_PATH to what it runs."""
+    wrapper = tmp_path_factory.mktemp("scontrol") / "scontrol"
+    shutil.copy(ROOT / "workflow" / "profiles" / "scontrol.sh", wrapper)
+    os.environ["PATH"] = f"{wrapper.parent}{os.pathsep}{REAL_PATH}"
     yield
     os.environ["PATH"] = REAL_PATH
 
