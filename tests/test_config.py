@@ -294,6 +294,8 @@ def test_paper_entries_are_their_methods_defaults():
 
 
 def test_schema_and_registries_agree_and_config_readme_documents_every_key():
+    """Every schema key and attack key is in config/README.md (a defense's keys are documented on
+    its class, see test_contracts)."""
     import yaml
     from qcbench.attacks import ATTACKS
     from qcbench.config import SCHEMA
@@ -303,8 +305,11 @@ def test_schema_and_registries_agree_and_config_readme_documents_every_key():
     attack_props = set(schema["properties"]["attacks"]["additionalProperties"]["properties"])
     registry = set().union(*(ATTACKS.get(n).accepted_keys() for n in ATTACKS.names()))
     assert attack_props == registry
+    defense_props = set(schema["properties"]["defenses"]["additionalProperties"]["properties"])
+    read = {"method", "scheme"} | {k for n in _defense_names() for k in defaults_of(n)}
+    assert sorted(defense_props - read) == []  # every key the schema types is some defense's
     readme = (ROOT / "config" / "README.md").read_text()
-    keys = set(registry) | {k for n in _defense_names() for k in defaults_of(n)}
+    keys = set(registry)
 
     def walk(node):
         for k, v in (node.get("properties") or {}).items():

@@ -296,6 +296,20 @@ def test_defense_has_a_label_and_builds_from_its_defaults(name):
     assert is_fp_defense(name) == isinstance(d, FPDefense)
 
 
+@pytest.mark.parametrize("name", DEFENSES.names())
+def test_defense_documents_every_key(name):
+    """Each config key of a defense is named (``key`` in double backticks) in the docstrings of its class or of a
+    module along its class hierarchy: a method's keys are documented where they are declared."""
+    import sys
+
+    docs = "".join(
+        (inspect.getdoc(k) or "") + (sys.modules[k.__module__].__doc__ or "")
+        for k in DEFENSES.get(name).__mro__
+        if k.__module__.startswith("qcbench.")
+    )
+    assert [k for k in defaults_of(name) if f"``{k}``" not in docs] == []
+
+
 #: the cells' quantizers a defense is run on: a calibrated per-channel one, and CompArtifact's,
 #: which folds BatchNorm into the convolutions (the quantized model is a torch.fx GraphModule)
 DEFENDED_SCHEMES = [("pq", 4), ("ca", 8)]

@@ -7,16 +7,30 @@ import argparse
 import sys
 
 
-def _list(_args) -> int:
+def _list(args) -> int:
     from qcbench.attacks import ATTACKS
+    from qcbench.backends import BACKENDS
     from qcbench.data import DATASETS
     from qcbench.defenses import DEFENSES
     from qcbench.models import MODELS
     from qcbench.quant import SCHEMES
+    from qcbench.tables import TABLES
     from qcbench.triggers import TRIGGERS
 
-    for reg in (DATASETS, MODELS, SCHEMES, TRIGGERS, ATTACKS, DEFENSES):
-        print(f"{reg.kind + 's':22s} {', '.join(reg.names())}")
+    if not args.defaults:
+        for reg in (DATASETS, MODELS, SCHEMES, TRIGGERS, ATTACKS, DEFENSES, BACKENDS, TABLES):
+            print(f"{reg.kind + 's':22s} {', '.join(reg.names())}")
+        return 0
+    import yaml
+
+    from qcbench.defenses.base import defaults_of
+
+    out = {
+        "attacks": {n: {"target": "(required)", "trigger": "(required)", **ATTACKS.get(n).defaults_of()}
+                    for n in ATTACKS.names()},
+        "defenses": {n: {"label": DEFENSES.get(n).label, **defaults_of(n)} for n in DEFENSES.names()},
+    }  # fmt: skip
+    print(yaml.safe_dump(out, sort_keys=False, default_flow_style=None, width=100), end="")
     return 0
 
 
@@ -190,7 +204,12 @@ def _add_purify(sub) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qcbench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="list registered datasets, models, schemes, triggers, attacks, defenses")
+    lister = sub.add_parser(
+        "list", help="list registered datasets, models, schemes, triggers, attacks, defenses, backends, tables"
+    )
+    lister.add_argument(
+        "--defaults", action="store_true", help="print every attack's and defense's config keys with their defaults"
+    )
     check = sub.add_parser(
         "check-config",
         help="validate the configuration the workflow would run with",

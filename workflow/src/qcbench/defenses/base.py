@@ -1,3 +1,15 @@
+"""The defense registry and base classes.
+
+A defense is a class registered with :func:`register_defense`: its ``label`` is its row label in
+the tables, its constructor's keyword parameters are its config keys, their defaults the upstream
+paper's setting (:func:`defaults_of`). The modules document their keys; these recur:
+``epochs``, ``iterations`` (optimisation length: epochs over the defender subset, or steps),
+``batch_size``, ``lr``, ``momentum``, ``weight_decay`` (SGD's), ``augmentation`` (training
+augmentation of the defender images: ``{pad, flip}`` or null), ``calib_batches`` (cached
+calibration batches of a layer-wise defense) and ``early_stop`` (a layer-wise unit's convergence
+rule, :mod:`qcbench.defenses.layerwise`).
+"""
+
 from __future__ import annotations
 
 import abc

@@ -11,7 +11,7 @@ tensor, symmetric or affine as the cell's scheme says):
 * V starts at logit(frac(W/s)) (frac clipped to [1e-4, 1 − 1e-4]), so the soft weight equals W
   (for weights inside the clamp range) and the hard value floor(W/s) + 1[V ≥ 0] is nearest
   rounding;
-* loss = L_rec (unit-output squared error, as LAC) + β·Σᵢ eᵢ·BCE(hᵢ, tᵢ) (error-guided flipped
+* loss = L_rec (unit-output squared error, as LAC) + β·Σᵢ eᵢ·BCE(hᵢ, tᵢ) (β = ``beta``; error-guided flipped
   rounding: e = |W − Q_nearest(W)| in weight units, with Q_nearest the layer's own frozen
   quantizer, clamp included; flip target t = 1 − round(frac(W/s)); eps 1e-8 inside the logs)
   + ``round_weight``·Σ(1 − |2h − 1|²) (exponent fixed at 2, active from the first iteration);

@@ -9,7 +9,7 @@
   true class, s/(n−1) on each other one), in both passes.
 * BatchNorm: the first pass updates the running statistics as usual; the perturbed pass uses
   batch statistics but leaves the running statistics alone (momentum 0 during that pass).
-* LR: ``CosineAnnealingLR(T_max=cos_t_max)`` stepped every *iteration* (upstream: T_max 100, so
+* LR: ``CosineAnnealingLR(T_max=cos_t_max)`` (``cos_t_max``) stepped every *iteration* (upstream: T_max 100, so
   the lr oscillates with a period of 200 iterations); ``cos_t_max: null`` anneals once over the run.
 
 The SAM step lives entirely inside the loss function given to :func:`~qcbench.train.fit`: the

@@ -10,7 +10,8 @@ Per layer unit in topological order:
    quantized, as the unit's input in MQBench — is moved by signed steps
    that lower D = Σ_BN [‖μ_run − μ‖² + ‖σ_run − σ‖²] / B (per-sample, per-channel spatial
    statistics of each BN's input vs. its running statistics), staying within γ of the start in
-   L∞ (step ``pda_alpha`` halved at half the iterations; no clamp, no re-quantization);
+   L∞ (γ = ``gamma``; ``pda_iterations`` steps of ``pda_alpha``, halved at half the iterations;
+   no clamp, no re-quantization);
 3. a free additive offset α per weight (weight units, unbounded, zero-initialised) inside the
    frozen weight quantizer, trained with Adam to minimise the unit-output squared error (the
    output through the next layer's input quantizer where one directly follows, as in MQBench;

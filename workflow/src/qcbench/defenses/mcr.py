@@ -1,7 +1,7 @@
 """MCR: mode connectivity repair (Zhao et al. 2020) as BackdoorBench ``defense/mcr.py`` runs it.
 
 * End points: θ₀ = the model, θ₁ = θ₀ fine-tuned on the defender subset with the FT settings
-  (``ft_epochs``, SGD ``ft_lr``, per-epoch cosine).
+  (``ft_epochs``, batch ``ft_batch_size``, SGD ``ft_lr``, per-epoch cosine).
 * A quadratic Bezier curve w(t) = (1−t)²θ₀ + 2t(1−t)θₘ + t²θ₁ (``num_bends`` 3) over the
   parameters; the middle point θₘ starts at (θ₀ + θ₁)/2 and is the only thing trained: per batch
   t ~ U(0, 1), cross-entropy of the network at w(t) (BatchNorm in train mode, batch statistics),
