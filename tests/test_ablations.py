@@ -194,7 +194,7 @@ def test_shipped_configs_define_every_ablation_and_fig2():
         assert len(variants - {"lac"}) >= 5
         for name in variants - {"lac"}:
             assert sum(cfg["defenses"][name].get(k) != v for k, v in lac.items()) == 1, name
-        # lac_early: issue #4's convergence criterion on the reference code's iteration cap
+        # lac_early: a convergence criterion on the reference code's iteration cap
         early = cfg["defenses"]["lac_early"]
         assert early["early_stop"]["window"] > 0 and early["iterations"] == 10000
         # the schemes table: LAC+PDA in the reference code's academic quantizer differs from lac

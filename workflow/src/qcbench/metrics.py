@@ -38,7 +38,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int, device="cpu", tr
 
 
 # Default inference batch: on CPU 128 keeps each activation in cache (1.4-1.6x the images/s of 500
-# for resnet_tiny, 2026-12-02); configs set eval.batch_size per scale.
+# for resnet_tiny); configs set eval.batch_size per scale.
 EVAL_BATCH = 128
 
 

@@ -11,8 +11,7 @@ gradient pulls each W_l toward its quantized value Q(W_l) (and moves the layer i
 the earlier layers). Written with the straight-through Q that the cross-entropy terms use, the
 term's gradient in W_l would be exactly zero (d(W − Q(W))/dW = 1 − 1): the penalty could then
 only act through I_l. The paper gives no code for this attack; qcbench takes the first reading,
-the one that makes the penalty act on the weights it names (changed 2026-12-03; Table 7's
-earlier figures were measured with the straight-through form)."""
+the one that makes the penalty act on the weights it names."""
 
 from __future__ import annotations
 
@@ -30,7 +29,7 @@ def weight_error_penalty(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tenso
     Each term is computed as ``op(I_l, W_l − Q(W_l))`` (convolution and linear maps are linear in
     the weight), on the quantized input and weight the layer's own forward just produced: one
     extra convolution per layer instead of two plus a second input and weight quantization
-    (~40 % less time per quantized pass, measured 2026-12-03). Values and gradients are those of
+    (~40 % less time per quantized pass on a CPU). Values and gradients are those of
     the two-convolution form up to float rounding."""
     terms: list[torch.Tensor] = []
     mods = [m for _, m in quant_modules(model)]

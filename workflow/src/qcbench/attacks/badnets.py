@@ -13,7 +13,7 @@ their true labels (the reference's ``cross_ratio = 2``). ``amp`` trains under bf
 after training, the BatchNorm statistics are re-estimated with the final weights over that many
 batches of the same poisoned training mixture (:func:`qcbench.train.precise_bn`). The attacker
 ships a model that works in eval mode; without it the local default's ISSBA model lost its clean
-accuracy (BA 15 %) and WaNet's ASR stayed at 74 % on an AVX2 CPU (2026-12-03)."""
+accuracy (BA 15 %) and WaNet's ASR stayed at 74 % on an AVX2 CPU."""
 
 from __future__ import annotations
 
