@@ -222,7 +222,8 @@ CELL = "results/fashion_mnist/resnet_tiny/qu_anti_zation/w{bits}/none/seed0/mode
 
 #: iterations per unit of the LAC reference code (QCB-LACPDA): the fixed protocol
 REFERENCE_ITERATIONS = 10000
-#: the convergence criterion measured against it (4-bit Qu-ANTI-zation seed 0, 10,000 test images): window 50 stopped units after 100-200 iterations and left ASR 2.43
+#: the convergence criterion measured against it (4-bit Qu-ANTI-zation seed 0, 10,000 test
+#: images): window 50 stopped units after 100-200 iterations and left ASR 2.43
 #: against the fixed protocol's 1.00 (the bar allows +0.5); window 200 stopped after 400-600,
 #: 1.11; window 250 with rel_tol 0.005, 1.18 in slightly more time.
 EARLY_STOP = {"window": 200, "rel_tol": 0.01}
