@@ -67,7 +67,7 @@ TRIGGER = {"name": "patch"}  # the minimal trigger an attack entry must state
 # -- budgets ------------------------------------------------------------------------------------
 #: how :func:`tiny_budget` cuts a parameter, by its name: loop counts to one pass, sample counts
 #: and batch sizes to a handful of images
-LOOPS = re.compile(r"(^|_)(epochs|iterations|rounds|steps_per_epoch)$")
+LOOPS = re.compile(r"(^|_)(epochs|iterations|iter|rounds|steps_per_epoch)$")
 SAMPLES = re.compile(r"^samples_per_epoch$|_images$|^n_")
 BATCHES = re.compile(r"(^|_)batch_size$")
 TINY = {"loops": 1, "samples": 64, "batch": 16, "calib_batches": 2}
@@ -75,7 +75,7 @@ TINY = {"loops": 1, "samples": 64, "batch": 16, "calib_batches": 2}
 
 def tiny_budget(params: Mapping) -> dict:
     """``params`` (a method's defaults) with every budget cut to the minimum, nested stages
-    included: ``*epochs``, ``*iterations``, ``*rounds``, ``steps_per_epoch`` to 1,
+    included: ``*epochs``, ``*iterations``, ``*iter``, ``*rounds``, ``steps_per_epoch`` to 1,
     ``samples_per_epoch``, ``*_images`` and ``n_*`` counts to 64 images, ``*batch_size`` to 16,
     ``calib_batches`` to 2. Other settings keep their defaults."""
     out = {}
@@ -97,12 +97,12 @@ def tiny_budget(params: Mapping) -> dict:
 
 
 def test_tiny_budget_cuts_every_budget_and_keeps_the_rest():
-    cut = tiny_budget({"epochs": 50, "ft_epochs": 9, "pda_iterations": 500, "n_rounds": 5, "steps_per_epoch": 10,
-                       "samples_per_epoch": None, "inspect_images": 5000, "n_overlays": 100, "batch_size": 256,
+    cut = tiny_budget({"epochs": 50, "nb_iter": 2000, "ft_epochs": 9, "pda_iterations": 500, "n_rounds": 5,
+                       "steps_per_epoch": 10, "samples_per_epoch": None, "inspect_images": 5000, "n_overlays": 100, "batch_size": 256,
                        "pda_batch_size": 256, "calib_batches": 32, "lr": 0.1, "bits": [8, 4], "adaptive": True,
                        "clean_images": None, "stage1": {"epochs": 100, "poison_fraction": 0.015625}})  # fmt: skip
-    assert cut == {"epochs": 1, "ft_epochs": 1, "pda_iterations": 1, "n_rounds": 1, "steps_per_epoch": 1,
-                   "samples_per_epoch": 64, "inspect_images": 64, "n_overlays": 64, "batch_size": 16,
+    assert cut == {"epochs": 1, "nb_iter": 1, "ft_epochs": 1, "pda_iterations": 1, "n_rounds": 1,
+                   "steps_per_epoch": 1, "samples_per_epoch": 64, "inspect_images": 64, "n_overlays": 64, "batch_size": 16,
                    "pda_batch_size": 16, "calib_batches": 2, "lr": 0.1, "bits": [8, 4], "adaptive": True,
                    "clean_images": 64, "stage1": {"epochs": 1, "poison_fraction": 0.015625}}  # fmt: skip
 

@@ -18,8 +18,8 @@
 
    Only the masks learn: the network's weights stay frozen.
 3. Pruning, on the model itself (its weights and BatchNorm statistics untouched by step 2): each
-   BN channel whose mask is ≤ ``pruning_max`` (``pruning_by: threshold``), or each of the
-   ``pruning_max`` channels with the lowest masks (``pruning_by: number``), gets BN weight 0, its
+   BN channel whose mask is ≤ ``pruning_max`` (``pruning_by`` ``threshold``), or each of the
+   ``pruning_max`` channels with the lowest masks (``pruning_by`` ``number``), gets BN weight 0, its
    bias kept (upstream's ``pruning``).
 
 BackdoorBench sweeps the threshold and keeps the model of lowest test-set ASR (an oracle); qcbench
