@@ -227,7 +227,7 @@ def test_triggers_table_plans_undefended_cells_and_names_every_trigger_under_its
     }
     cells = ablation_cells(cfg)
     # an explicit `defenses: []` stays empty (run's lac is not added): FP and 8-bit no-defense only
-    # (+ the clean model's row: the backdoors fine-tune it, and the table compares their BA with it)
+    # (+ the clean model's row: the table compares their BA with it, though these train from scratch)
     assert len(cells) == 9 and all("/none/" in c for c in cells) and "/clean/w32/none/seed0/" in cells[0]
     rows = [_row("bd", 32, "none", 90.0, 94.0), _row("bd", 8, "none", 89.9, 94.5),
             _row("bd6", 32, "none", 90.1, 99.0), _row("sig", 32, "none", 80.0, 91.0),

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 from qcbench import io
+from qcbench.config import load_config
 from qcbench.defenses import DEFENSES, FPDefense, create_defense
 from qcbench.defenses.fine_pruning import last_linear, linear_inputs, prune_channels
 from qcbench.defenses.ftsam import asam_perturbation, sam_loss
@@ -83,7 +83,7 @@ def test_constructor_defaults_are_the_papers():
 
 @pytest.mark.parametrize("path", ["config/local.yaml", "config/config.yaml"])
 def test_config_entries_bind_to_the_constructors(path):
-    entries = yaml.safe_load((ROOT / path).read_text())["defenses"]
+    entries = load_config(ROOT / path)["defenses"]  # layered on the paper config, completed
     for name in BASELINES:
         spec = dict(entries[name])
         inspect.signature(DEFENSES.get(spec.pop("method"))).bind(**spec)

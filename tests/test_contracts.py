@@ -99,11 +99,13 @@ def tiny_budget(params: Mapping) -> dict:
 def test_tiny_budget_cuts_every_budget_and_keeps_the_rest():
     cut = tiny_budget({"epochs": 50, "nb_iter": 2000, "ft_epochs": 9, "pda_iterations": 500, "n_rounds": 5,
                        "steps_per_epoch": 10, "samples_per_epoch": None, "inspect_images": 5000, "n_overlays": 100,
-                       "batch_size": 256, "pda_batch_size": 256, "calib_batches": 32, "lr": 0.1, "bits": [8, 4], "adaptive": True,
+                       "batch_size": 256, "pda_batch_size": 256, "calib_batches": 32, "lr": 0.1,
+                       "bits": [8, 4], "adaptive": True,
                        "clean_images": None, "stage1": {"epochs": 100, "poison_fraction": 0.015625}})  # fmt: skip
     assert cut == {"epochs": 1, "nb_iter": 1, "ft_epochs": 1, "pda_iterations": 1, "n_rounds": 1,
                    "steps_per_epoch": 1, "samples_per_epoch": 64, "inspect_images": 64, "n_overlays": 64,
-                   "batch_size": 16, "pda_batch_size": 16, "calib_batches": 2, "lr": 0.1, "bits": [8, 4], "adaptive": True,
+                   "batch_size": 16, "pda_batch_size": 16, "calib_batches": 2, "lr": 0.1, "bits": [8, 4],
+                   "adaptive": True,
                    "clean_images": 64, "stage1": {"epochs": 1, "poison_fraction": 0.015625}}  # fmt: skip
 
 

@@ -3,7 +3,8 @@ without pandas.
 
 The graph is read from the sources (AST), so it covers imports inside functions too. A node is a
 module; a package is its ``__init__``. ``import a.b`` and ``from a.b import c`` are edges to
-``a.b``, or to ``a.b.c`` when ``c`` is a submodule. Parent packages that Python runs on the way
+``a.b``, or to ``a.b.c`` when ``c`` is a submodule; a package's ``import_submodules`` call is an
+edge to each of its public modules (what it imports at run time). Parent packages that Python runs on the way
 are not edges: a package's ``__init__`` imports its own submodules (registration, timm-style),
 and a submodule reaches its siblings directly (``from qcbench.tables._base import ...``), never
 through a package that contains it, which would be a cycle through that ``__init__``."""
@@ -60,7 +61,9 @@ def imports(name: str) -> set[str]:
     tree = ast.parse(MODULES[name].read_text(), filename=str(MODULES[name]))
     out = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "import_submodules":
+            targets = [m for m in MODULES if m.rpartition(".")[0] == name and not m.rpartition(".")[2].startswith("_")]
+        elif isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = _resolve(node.module or "", node.level, name)
@@ -129,7 +132,8 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_graph_sees_function_level_and_package_imports():
     """The reader itself: an import inside a function and ``from package import submodule``."""
     assert "qcbench.plan" in GRAPH["qcbench.config"]  # imported inside semantic_errors
-    assert {"qcbench.tables.main", "qcbench.tables._base"} <= GRAPH["qcbench.tables"]
+    assert {"qcbench.tables.main", "qcbench.tables._base"} <= GRAPH["qcbench.tables"]  # import_submodules
+    assert "qcbench.defenses.anp" in GRAPH["qcbench.defenses"]
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
 

@@ -77,15 +77,15 @@ def test_locks_move_toward_the_base_only():
 
 
 def test_pqbackdoor_trains_from_scratch_unless_configured():
-    """PQBackdoor upstream starts from scratch, so its job does not wait for a clean model; the
-    attacks that fine-tune one (BadNets here, Qu-ANTI-zation) do; ``init`` may name another
-    attack, whose FP model the job then waits for; a bad value names the key."""
+    """PQBackdoor and BadNets start from scratch upstream, so their jobs do not wait for a clean
+    model; the attacks that fine-tune one (Qu-ANTI-zation) do; ``init`` may name another attack,
+    whose FP model the job then waits for; a bad value names the key."""
     from qcbench.attacks import init_source
 
     assert init_source("pqbackdoor", {}) is None
     assert init_source("pqbackdoor", {"init": "clean"}) == "clean"
-    assert init_source("badnets", {}) == "clean" and init_source("qu_anti_zation", {}) == "clean"
-    assert init_source("badnets", {"init": "scratch"}) is None
+    assert init_source("badnets", {}) is None and init_source("qu_anti_zation", {}) == "clean"
+    assert init_source("badnets", {"init": "clean"}) == "clean"
     assert init_source("pqbackdoor", {"init": "wanet", "stage1": None}) == "wanet"
     with pytest.raises(ValueError, match=r"attacks\.<name>\.init"):
         init_source("badnets", {"init": ""})

@@ -73,21 +73,27 @@ def _starts_from_clean(cfg: Mapping, attack: str) -> bool:
     return attack == "clean"
 
 
+#: tables that read the clean model's row whatever their attacks start from (the triggers table's
+#: "FP BA − clean" column)
+COMPARED_WITH_CLEAN = frozenset({"triggers"})
+
+
 def ablation_cells(cfg: Mapping, fp_defenses=()) -> list[str]:
     """Metrics files of every enabled ablation table's cells, in order, without duplicates: each
     attack's FP model, its no-defense quantized cells and its defended cells (an FP-level
     defense in ``fp_defenses`` also gets its purified FP model's row), and the clean model's row
     of each (setting, seed) whose attacks start from it (trained anyway; the verdicts table and
-    Table 8 compare with it). An entry's ``backends`` (those also in ``eval.backends``) add its
-    8-bit no-defense cells' real-runtime rows (``metrics.<backend>.parquet``). An attack that
-    declares the bit widths it trains against gets cells only at those (as in the main grid)."""
+    Table 8 compare with it) or whose table compares with it (:data:`COMPARED_WITH_CLEAN`). An
+    entry's ``backends`` (those also in ``eval.backends``) add its 8-bit no-defense cells'
+    real-runtime rows (``metrics.<backend>.parquet``). An attack that declares the bit widths it
+    trains against gets cells only at those (as in the main grid)."""
     from qcbench.attacks import cell_bits
 
     out: list[str] = []
-    for spec in ablation_specs(cfg).values():
+    for table, spec in ablation_specs(cfg).items():
         for ds, arch in spec["settings"]:
             for seed in spec["seeds"]:
-                if any(_starts_from_clean(cfg, a) for a in spec["attacks"]):
+                if table in COMPARED_WITH_CLEAN or any(_starts_from_clean(cfg, a) for a in spec["attacks"]):
                     out.append(f"results/{ds}/{arch}/clean/w32/none/seed{seed}/metrics.parquet")
                 for atk in spec["attacks"]:
                     base = f"results/{ds}/{arch}/{atk}"
