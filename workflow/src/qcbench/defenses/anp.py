@@ -51,10 +51,10 @@ class NoisyBatchNorm2d(nn.Module):
     def __init__(self, bn: nn.BatchNorm2d) -> None:
         super().__init__()
         self.bn = bn
-        ones = torch.ones_like(bn.weight, requires_grad=False)
-        self.neuron_mask = nn.Parameter(ones.clone())
-        self.neuron_noise = nn.Parameter(torch.zeros_like(ones))
-        self.neuron_noise_bias = nn.Parameter(torch.zeros_like(ones))
+        n, dev = bn.num_features, bn.weight.device
+        self.neuron_mask = nn.Parameter(torch.ones(n, device=dev))
+        self.neuron_noise = nn.Parameter(torch.zeros(n, device=dev))
+        self.neuron_noise_bias = nn.Parameter(torch.zeros(n, device=dev))
         self.perturbed = False
 
     @torch.no_grad()
