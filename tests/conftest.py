@@ -95,6 +95,18 @@ def tiny_model(tiny_splits):
     return create_model("resnet_tiny", m["num_classes"], m["in_channels"], m["mean"], m["std"], width=4).eval()
 
 
+@pytest.fixture(scope="module")
+def trained_tiny(tiny_splits, one_torch_thread):
+    """``resnet_tiny`` (width 4) after one epoch of clean training: logits with real margins."""
+    from qcbench.train import train_clean
+
+    torch.manual_seed(0)
+    m = tiny_splits.meta
+    model = create_model("resnet_tiny", m["num_classes"], m["in_channels"], m["mean"], m["std"], width=4)
+    train_clean(model, tiny_splits.train, {"epochs": 1, "batch_size": 64, "optimizer": {"name": "adam", "lr": 3e-3}}, 0)
+    return model.eval()
+
+
 @pytest.fixture(scope="session")
 def qa_model(tiny_splits):
     """A tiny clean model and its Qu-ANTI-zation-attacked version (4-bit only, for speed), shared

@@ -14,19 +14,14 @@ from qcbench.defenses.anp import DrawnWithReplacement, NoisyBatchNorm2d, batchno
 from qcbench.defenses.base import defaults_of
 from qcbench.models import create_model
 from qcbench.quant import create_scheme, quantize_model
-from qcbench.train import train_clean
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"nb_iter": 12, "batch_size": 64, "augmentation": None}
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_splits, one_torch_thread):
-    torch.manual_seed(0)
-    m = tiny_splits.meta
-    model = create_model("resnet_tiny", m["num_classes"], m["in_channels"], m["mean"], m["std"], width=4)
-    train_clean(model, tiny_splits.train, {"epochs": 1, "batch_size": 64, "optimizer": {"name": "adam", "lr": 3e-3}}, 0)
-    return model.eval()
+def trained(trained_tiny):
+    return trained_tiny
 
 
 def test_defaults_are_the_papers():

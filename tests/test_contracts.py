@@ -38,7 +38,6 @@ from qcbench.quant import (
     quantize_model,
 )
 from qcbench.tables import TABLES, PaperReference, TableContext, render, table_inputs
-from qcbench.train import train_clean
 from qcbench.triggers import TRIGGERS, create_trigger
 from torch import nn
 
@@ -111,13 +110,8 @@ def test_tiny_budget_cuts_every_budget_and_keeps_the_rest():
 
 # -- shared tiny inputs -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def trained(tiny_splits, one_torch_thread):
-    """``resnet_tiny`` (width 4) after one epoch of clean training: logits with real margins."""
-    torch.manual_seed(0)
-    m = tiny_splits.meta
-    model = create_model("resnet_tiny", m["num_classes"], m["in_channels"], m["mean"], m["std"], width=4)
-    train_clean(model, tiny_splits.train, {"epochs": 1, "batch_size": 64, "optimizer": {"name": "adam", "lr": 3e-3}}, 0)
-    return model.eval()
+def trained(trained_tiny):
+    return trained_tiny
 
 
 @pytest.fixture(scope="module")
