@@ -58,19 +58,9 @@ def _json_arg(value: str):
 
 
 def _purify(args) -> int:
-    import torch
-
     from qcbench.io import ModelFileError
     from qcbench.purify import PurifyError, purify
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    params = dict(args.params or {})
-    if args.iterations is not None:
-        params["iterations"] = args.iterations
     try:
         summary = purify(
             args.checkpoint,
@@ -85,13 +75,15 @@ def _purify(args) -> int:
             bits=args.bits,
             scheme=args.scheme,
             defense=args.defense,
-            params=params,
+            params=args.params,
+            iterations=args.iterations,
             labeled=args.labeled,
             trigger=args.trigger,
             target=args.target,
             max_images=args.max_images,
             seed=args.seed,
-            device=device,
+            threads=args.threads,
+            device=args.device,
         )
     except (ModelFileError, PurifyError) as err:
         print(f"qcbench purify: {err}", file=sys.stderr)
@@ -176,7 +168,8 @@ def _add_purify(sub) -> None:
         "purify",
         help="quantize a received FP checkpoint and purify it (LAC+PDA or EFRAP) on unlabeled images",
         description="Quantize a third-party full-precision safetensors checkpoint and remove a "
-        "quantization-conditioned backdoor with a layer-wise defense, using unlabeled images only.",
+        "quantization-conditioned backdoor with a layer-wise defense, using unlabeled images only. "
+        "Every input is checked before any work; nothing is written to --out unless the run succeeds.",
     )
     p.add_argument("checkpoint", help="FP model, safetensors (a qcbench model.json beside it is read if present)")
     p.add_argument("--images", required=True, help="folder of png/jpg images, or a safetensors/.npy tensor file")
@@ -197,8 +190,10 @@ def _add_purify(sub) -> None:
     p.add_argument("--trigger", type=_json_arg, help='trigger spec, JSON or a JSON file, e.g. \'{"name": "patch"}\'')
     p.add_argument("--target", type=int, help="the backdoor's target class")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--device", default="auto", help="auto (CUDA when available, else CPU; the default), cpu, cuda or cuda:N"
+    )
+    p.add_argument("--threads", type=int, help="torch CPU threads, > 0 (default: torch's choice)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,11 +11,16 @@ data and a trigger, BA/ASR of the FP, quantized and purified models).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import re
+import secrets
+import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -51,6 +56,8 @@ def _to_uint8_nchw(x: torch.Tensor, source: str) -> torch.Tensor:
     if not x.is_floating_point():
         raise PurifyError(f"{source}: images must be uint8 or float, got {x.dtype}")
     x = x.float()
+    if not torch.isfinite(x).all():
+        raise PurifyError(f"{source}: images hold NaN or infinite values")
     if x.numel() and float(x.max()) <= 1.0:
         x = x * 255.0  # floats in [0, 1]
     return x.round().clamp(0, 255).to(torch.uint8).contiguous()
@@ -98,9 +105,12 @@ def _decode(path: Path, channels: int | None) -> torch.Tensor:
         import numpy as np
         from PIL import Image
 
-        with Image.open(path) as im:
-            pil = im.convert("L" if channels == 1 else "RGB") if channels else im
-            img = torch.from_numpy(np.array(pil))
+        try:
+            with Image.open(path) as im:
+                pil = im.convert("L" if channels == 1 else "RGB") if channels else im
+                img = torch.from_numpy(np.array(pil))
+        except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for unreadable files
+            raise PurifyError(f"{path}: not a decodable image ({err})") from None
         img = img.unsqueeze(0) if img.ndim == 2 else img.permute(2, 0, 1)
     if channels is None:  # drop alpha
         img = img[:1] if img.shape[0] in (1, 2) else img[:3]
@@ -138,8 +148,9 @@ def load_images(path: str | Path, channels: int | None = None, limit: int | None
     return x
 
 
-def load_labeled(path: str | Path) -> ImageSet:
-    """Labeled evaluation images: a prepared dataset (its test split) or a tensor file with ``x`` and ``y``."""
+def load_labeled(path: str | Path, num_classes: int | None = None, channels: int | None = None) -> ImageSet:
+    """Labeled evaluation images: a prepared dataset (its test split) or a tensor file with ``x``
+    and ``y`` (integer labels, in ``[0, num_classes)`` when ``num_classes`` is given)."""
     t = read_tensor_file(path)
     if "test_x" in t and "test_y" in t:
         x, y = t["test_x"], t["test_y"]
@@ -148,9 +159,23 @@ def load_labeled(path: str | Path) -> ImageSet:
     else:
         raise PurifyError(f"{path}: labeled data needs tensors 'x' and 'y' (or a prepared dataset); got {sorted(t)}")
     x = _to_uint8_nchw(x, str(path))
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise PurifyError(f"{path}: labels must be integers, got {y.dtype}")
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise PurifyError(f"{path}: labels must be one per image (shape (N,)), got shape {tuple(y.shape)}")
     if len(x) != len(y):
         raise PurifyError(f"{path}: {len(x)} images but {len(y)} labels")
-    return ImageSet(x, y.long().reshape(-1))
+    if len(x) == 0:
+        raise PurifyError(f"{path}: no labeled images")
+    if channels is not None and x.shape[1] != channels:
+        raise PurifyError(f"{path}: images have {x.shape[1]} channels, the model expects {channels}")
+    y = y.long()
+    if num_classes is not None and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        bad = int(y.min()) if int(y.min()) < 0 else int(y.max())
+        raise PurifyError(f"{path}: label {bad} outside [0, {num_classes}) for a {num_classes}-class model")
+    return ImageSet(x, y)
 
 
 # -- the model ---------------------------------------------------------------------------------
@@ -158,6 +183,24 @@ def _normalizers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     from qcbench.models.layers import Normalize
 
     return [(n, m) for n, m in model.named_modules() if isinstance(m, Normalize)]
+
+
+def check_normalization(mean, std, channels: int | None = None, where: str = "--{}") -> None:
+    """``mean``/``std`` (either may be None): finite numbers, std > 0, one per input channel (or
+    one for all); ``where`` formats the name of what gave them (``"--{}"``: the flags)."""
+    for name, val in (("mean", mean), ("std", std)):
+        if val is None:
+            continue
+        what = where.format(name)
+        if not isinstance(val, list | tuple) or not val:
+            raise PurifyError(f"{what} {val!r}: give one number per input channel (or one for all)")
+        for v in val:
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                raise PurifyError(f"{what} {' '.join(map(str, val))}: {v!r} is not a finite number")
+            if name == "std" and v <= 0:
+                raise PurifyError(f"{what} {' '.join(map(str, val))}: {v} is not > 0 (a std divides the input)")
+        if channels is not None and len(val) not in (1, channels):
+            raise PurifyError(f"{what} has {len(val)} values for {channels} input channels (give {channels}, or 1)")
 
 
 def sidecar_meta(path: str | Path) -> dict:
@@ -213,9 +256,8 @@ def load_checkpoint(
     source = "cli" if mean is not None else "json" if src_mean is not None else "checkpoint"
     if src_mean is None or src_std is None:
         src_mean, src_std = [0.0] * in_channels, [1.0] * in_channels
-    for name, val in (("mean", src_mean), ("std", src_std)):
-        if len(val) not in (1, in_channels):
-            raise PurifyError(f"--{name} has {len(val)} values for {in_channels} input channels")
+    where = {"cli": "--{}", "json": f"{path.with_suffix('.json')}: {{}}"}.get(source, "{}")
+    check_normalization(src_mean, src_std, in_channels, where)
     src_mean = list(src_mean) * (in_channels // len(src_mean))
     src_std = list(src_std) * (in_channels // len(src_std))
     try:
@@ -234,12 +276,19 @@ def load_checkpoint(
     finally:
         for _, m in absent:
             m._non_persistent_buffers_set.difference_update({"mean", "std"})
+    sd = model.state_dict()
     if source in ("cli", "json"):  # explicit normalization wins over the checkpoint's
-        sd = model.state_dict()
         for k, v in own.items():
             if not torch.equal(sd[k], v):
                 print(f"purify: {k} from the {source} overrides the checkpoint's", file=sys.stderr)
                 sd[k].copy_(v)
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise PurifyError(f"{path}: tensor {bad[0]!r}{more} holds NaN or infinite values")
+    for n, m in norms:
+        if not bool((m.std > 0).all()):
+            raise PurifyError(f"{path}: normalization std {n}.std is not > 0 ({m.std.flatten().tolist()}); pass --std")
     norm = norms[0][1] if norms else None
     meta = {
         "arch": arch,
@@ -285,6 +334,306 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+# -- checking the inputs ----------------------------------------------------------------------
+#: the files ``purify`` writes into ``--out``; a folder holding only these (with a purify
+#: ``summary.json``) is a previous result, which a new run replaces
+OUTPUT_FILES = frozenset({"model.safetensors", "model.json", "summary.json"})
+
+
+@contextlib.contextmanager
+def _flag(name: str):
+    """Prefix the message of a :class:`PurifyError` or :class:`qcbench.io.ModelFileError` raised
+    inside with the flag ``name`` (the messages start with the offending path)."""
+    try:
+        yield
+    except (PurifyError, io.ModelFileError) as err:
+        raise type(err)(f"{name} {err}") from None
+
+
+def _positive_int(flag: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise PurifyError(f"{flag} {value!r}: must be a positive integer")
+    return value
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``, checked against
+    the devices this machine has."""
+    text = str(device).strip()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise PurifyError(f"--device {text}: not one of auto, cpu, cuda, cuda:N")
+    if text.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise PurifyError(f"--device {text}: no CUDA device is available; use --device cpu or auto")
+        n, index = torch.cuda.device_count(), int(text.partition(":")[2] or 0)
+        if index >= n:
+            raise PurifyError(f"--device {text}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}")
+    return torch.device(text)
+
+
+def _is_purify_output(folder: Path) -> bool:
+    names = {p.name for p in folder.iterdir()}
+    if not names <= OUTPUT_FILES or "summary.json" not in names:
+        return False
+    try:
+        return json.loads((folder / "summary.json").read_text()).get("command") == "purify"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_out(out: str | Path) -> Path:
+    """``--out``: a folder that does not exist yet, an empty folder or a previous ``purify``
+    output (replaced only once the new result is complete), in a writable place. An existing
+    file, a symbolic link or a folder with other contents is refused."""
+    out = Path(out)
+    if out.is_symlink():
+        raise PurifyError(f"--out {out}: a symbolic link; give the folder it points to, or a new one")
+    if out.exists():
+        if not out.is_dir():
+            raise PurifyError(f"--out {out}: exists and is not a folder; give a new or empty folder")
+        if any(out.iterdir()) and not _is_purify_output(out):
+            raise PurifyError(
+                f"--out {out}: a folder with other contents; give a new or empty folder "
+                f"(a previous purify output, holding only {', '.join(sorted(OUTPUT_FILES))}, is replaced)"
+            )
+    parent = out.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise PurifyError(f"--out {out}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PurifyError(f"--out {out}: cannot create files in {parent} (no write permission)")
+    return out
+
+
+def check_defense_params(defense: str, params: dict | None, iterations: int | None = None) -> dict:
+    """``--params`` (+ ``--iterations``) for the registered ``defense``: known keys only, every
+    integer budget (iterations, batch_size, calib_batches, pda_iterations, …) a positive integer,
+    every float setting finite. Returns the merged keywords."""
+    from qcbench.defenses.base import defaults_of
+
+    if params is not None and not isinstance(params, dict):
+        raise PurifyError(f"--params {json.dumps(params)}: must be a JSON object of defense keywords")
+    defaults = defaults_of(defense)
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise PurifyError(f"--params: {defense} has no keyword(s) {unknown}; it takes {sorted(defaults)}")
+    if iterations is not None:
+        params["iterations"] = _positive_int("--iterations", iterations)
+    for key, value in params.items():
+        default, flag = defaults[key], f"--params {key}="
+        if isinstance(default, int) and not isinstance(default, bool):
+            _positive_int(flag.rstrip("="), value)
+        elif isinstance(default, float) and (
+            isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+        ):
+            raise PurifyError(f"{flag}{value!r}: must be a finite number")
+    es = params.get("early_stop")
+    if es is not None:
+        if not isinstance(es, dict) or set(es) - {"window", "rel_tol"}:
+            raise PurifyError(f"--params early_stop={es!r}: must be null or {{window, rel_tol}}")
+        _positive_int("--params early_stop.window", es.get("window"))
+        tol = es.get("rel_tol", 0.0)
+        if isinstance(tol, bool) or not isinstance(tol, int | float) or not math.isfinite(tol):
+            raise PurifyError(f"--params early_stop.rel_tol={tol!r}: must be a finite number")
+    return params
+
+
+def check_trigger(trigger, image_size: int | None = None):
+    """``--trigger``: a JSON object naming a registered trigger; with ``image_size``, the trigger
+    built for it (its other keys checked by its constructor)."""
+    from qcbench.triggers import TRIGGERS, create_trigger
+
+    text = json.dumps(trigger)
+    if not isinstance(trigger, dict) or not isinstance(trigger.get("name"), str):
+        raise PurifyError(f"--trigger {text}: must be a JSON object with a 'name' (registered: {TRIGGERS.names()})")
+    if trigger["name"] not in TRIGGERS:
+        raise PurifyError(f"--trigger {text}: unknown trigger {trigger['name']!r}; registered: {TRIGGERS.names()}")
+    if image_size is None:
+        return None
+    try:
+        return create_trigger(trigger, image_size)
+    except (TypeError, ValueError, KeyError) as err:
+        raise PurifyError(f"--trigger {text}: {err}") from None
+
+
+@dataclass
+class PurifyInputs:
+    """Everything :func:`purify` works on, checked (:func:`check_inputs`)."""
+
+    out: Path
+    device: torch.device
+    fp_model: nn.Module
+    meta: dict
+    x: torch.Tensor
+    eval_set: ImageSet | None
+    trigger: object | None
+    qscheme: object
+    method: object
+
+
+def check_inputs(
+    checkpoint: str | Path,
+    images: str | Path,
+    out: str | Path,
+    *,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+    arch_kwargs: dict | None = None,
+    bits: int = 4,
+    scheme: str = "mqbench_academic",
+    defense: str = "lac",
+    params: dict | None = None,
+    iterations: int | None = None,
+    labeled: str | Path | None = None,
+    trigger: dict | None = None,
+    target: int | None = None,
+    max_images: int = 1024,
+    calib_images: int = 512,
+    threads: int | None = None,
+    device: str | torch.device = "cpu",
+) -> PurifyInputs:
+    """Check every input of :func:`purify` and load the model and images, before any
+    quantization or optimisation; raise :class:`PurifyError` (or :class:`qcbench.io.ModelFileError`
+    for a checkpoint or tensor file that is no safetensors) naming the flag and value."""
+    from qcbench.defenses import DEFENSES, LayerwiseDefense, create_defense
+    from qcbench.quant import SCHEMES, create_scheme
+
+    # the flags, cheapest first
+    if scheme not in SCHEMES:
+        raise PurifyError(f"--scheme {scheme}: unknown scheme; registered: {SCHEMES.names()}")
+    if defense not in DEFENSES:
+        raise PurifyError(f"--defense {defense}: unknown defense; registered: {DEFENSES.names()}")
+    if not (isinstance(DEFENSES.get(defense), type) and issubclass(DEFENSES.get(defense), LayerwiseDefense)):
+        raise PurifyError(f"--defense {defense}: not a layer-wise reconstruction defense (lac, efrap)")
+    try:
+        qscheme = create_scheme(scheme, bits)
+    except (ValueError, TypeError) as err:
+        raise PurifyError(f"--bits {bits}: {err} (scheme {scheme})") from None
+    params = check_defense_params(defense, params, iterations)
+    _positive_int("--max-images", max_images)
+    _positive_int("calib_images", calib_images)
+    if threads is not None:
+        _positive_int("--threads", threads)
+    for flag, value in (("--num-classes", num_classes), ("--in-channels", in_channels)):
+        if value is not None:
+            _positive_int(flag, value)
+    if arch_kwargs is not None and not isinstance(arch_kwargs, dict):
+        raise PurifyError(f"--arch-kwargs {json.dumps(arch_kwargs)}: must be a JSON object")
+    check_normalization(mean, std)
+    if (mean is None) != (std is None):
+        raise PurifyError("--mean and --std go together")
+    if (trigger is None) != (target is None):
+        raise PurifyError("--trigger and --target go together")
+    if trigger is not None and labeled is None:
+        raise PurifyError("--trigger/--target need --labeled data to measure BA/ASR")
+    if trigger is not None:
+        check_trigger(trigger)
+    if target is not None and (isinstance(target, bool) or not isinstance(target, int) or target < 0):
+        raise PurifyError(f"--target {target!r}: must be a class index >= 0")
+    device = resolve_device(device)
+    out = check_out(out)
+
+    # the files
+    io.check_safetensors(checkpoint)
+    x = None
+    if in_channels is None and "in_channels" not in sidecar_meta(checkpoint):
+        with _flag("--images"):
+            x = load_images(images, None, max_images)  # the images say how many channels
+        in_channels = int(x.shape[1])
+    fp_model, meta = load_checkpoint(checkpoint, arch, num_classes, in_channels, mean, std, arch_kwargs)
+    if x is None:
+        with _flag("--images"):
+            x = load_images(images, meta["in_channels"], max_images)
+    n_classes = meta["num_classes"]
+    if target is not None and target >= n_classes:
+        raise PurifyError(f"--target {target}: outside [0, {n_classes}) for a {n_classes}-class model")
+    eval_set, trig = None, None
+    if labeled is not None:
+        with _flag("--labeled"):
+            eval_set = load_labeled(labeled, n_classes, meta["in_channels"])
+        if trigger is not None:
+            trig = check_trigger(trigger, int(eval_set.x.shape[-2]))
+
+    batch = params.get("batch_size", CPU_DEFAULTS.get(defense, {}).get("batch_size", 32))
+    settings = CPU_DEFAULTS.get(defense, {}) | {"calib_batches": min(32, math.ceil(len(x) / batch))} | params
+    try:
+        method = create_defense(defense, dict(settings))
+    except TypeError as err:
+        raise PurifyError(f"--defense {defense}: {err}") from None
+    return PurifyInputs(out, device, fp_model, meta, x, eval_set, trig, qscheme, method)
+
+
+# -- non-finite results, atomic output -----------------------------------------------------------
+def _unit_name(entry: dict) -> str:
+    return f"layer unit {entry.get('unit')} ({', '.join(entry.get('modules') or [str(entry.get('module'))])})"
+
+
+def _nonfinite_unit(entry: dict) -> bool:
+    return any(isinstance(entry.get(k), float) and not math.isfinite(entry[k]) for k in ("loss_first", "loss"))
+
+
+def _stop_on_nonfinite_loss(method, out: Path) -> None:
+    """Make ``method`` (a :class:`~qcbench.defenses.layerwise.LayerwiseDefense`) stop at the
+    first layer unit whose loss is NaN or infinite, instead of running the remaining units."""
+    process_unit = method.process_unit
+
+    def checked(*args, **kwargs):
+        entry = process_unit(*args, **kwargs)
+        if _nonfinite_unit(entry):
+            raise PurifyError(
+                f"the loss became non-finite in {_unit_name(entry)} (first {entry.get('loss_first')}, "
+                f"last {entry.get('loss')}); nothing was written to --out {out} (try a lower lr in --params)"
+            )
+        return entry
+
+    method.process_unit = checked
+
+
+def check_finite_result(model: nn.Module, log: list[dict], out: Path) -> None:
+    """Refuse a purified model with a NaN or infinite parameter or buffer, naming the first layer
+    unit whose loss was non-finite (else the tensor)."""
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if not bad:
+        return
+    where = next((_unit_name(e) for e in log if _nonfinite_unit(e)), None)
+    what = f"the loss became non-finite in {where}" if where else f"tensor {bad[0]!r} is NaN or infinite"
+    raise PurifyError(f"the purified model is not finite: {what}; nothing was written to --out {out}")
+
+
+def _publish(out: Path, write) -> None:
+    """Run ``write(folder)`` on a fresh hidden folder beside ``out``, then rename it to ``out``
+    (replacing an empty folder or a previous purify output): ``out`` is never half-written."""
+    out.absolute().parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.absolute().with_name(f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    tmp.mkdir()
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if out.is_dir() and any(out.iterdir()):
+        if not _is_purify_output(out):
+            raise PurifyError(f"--out {out}: other files appeared in it during the run; the result is in {tmp}")
+        old = tmp.with_name(tmp.name.replace(".tmp-", ".old-"))
+        os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except OSError as err:
+        if old is not None:
+            os.rename(old, out)
+        raise PurifyError(f"--out {out}: cannot put the result in place ({err}); it is in {tmp}") from None
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 # -- the command -------------------------------------------------------------------------------
 def purify(
     checkpoint: str | Path,
@@ -301,84 +650,64 @@ def purify(
     scheme: str = "mqbench_academic",
     defense: str = "lac",
     params: dict | None = None,
+    iterations: int | None = None,
     labeled: str | Path | None = None,
     trigger: dict | None = None,
     target: int | None = None,
     max_images: int = 1024,
     calib_images: int = 512,
     seed: int = 0,
+    threads: int | None = None,
     device: str | torch.device = "cpu",
 ) -> dict:
     """Quantize ``checkpoint`` with the ``scheme`` family at ``bits``, purify it with ``defense``
     on unlabeled ``images``, write ``out/model.safetensors`` (+ ``.json``) and ``out/summary.json``;
-    return the summary."""
-    from qcbench.defenses import DEFENSES, LayerwiseDefense, create_defense
+    return the summary. Every input is checked first (:func:`check_inputs`); a purified model
+    that is not finite is never written, and ``out`` appears only once complete."""
     from qcbench.metrics import evaluate
-    from qcbench.quant import SCHEMES, calibrate, create_scheme, quantize_model
-    from qcbench.triggers import create_trigger
+    from qcbench.quant import calibrate, quantize_model
 
     t_start = time.perf_counter()
     wall: dict[str, float] = {}
-    if scheme not in SCHEMES:
-        raise PurifyError(f"unknown scheme {scheme!r}; registered: {SCHEMES.names()}")
-    if defense not in DEFENSES:
-        raise PurifyError(f"unknown defense {defense!r}; registered: {DEFENSES.names()}")
-    if not (isinstance(DEFENSES.get(defense), type) and issubclass(DEFENSES.get(defense), LayerwiseDefense)):
-        raise PurifyError(f"defense {defense!r} is not a layer-wise reconstruction defense (lac, efrap)")
-    if (trigger is None) != (target is None):
-        raise PurifyError("--trigger and --target go together")
-    if trigger is not None and labeled is None:
-        raise PurifyError("--trigger/--target need --labeled data to measure BA/ASR")
-    torch.manual_seed(seed)
-    device = torch.device(device)
-
     t0 = time.perf_counter()
-    io.check_safetensors(checkpoint)
-    x = None
-    if in_channels is None and "in_channels" not in sidecar_meta(checkpoint):
-        x = load_images(images, None, max_images)  # the images say how many channels
-        in_channels = int(x.shape[1])
-    fp_model, meta = load_checkpoint(checkpoint, arch, num_classes, in_channels, mean, std, arch_kwargs)
-    if x is None:
-        x = load_images(images, meta["in_channels"], max_images)
-    eval_set = load_labeled(labeled) if labeled is not None else None
-    fp_model.to(device)
+    inputs = check_inputs(
+        checkpoint, images, out, arch=arch, num_classes=num_classes, in_channels=in_channels, mean=mean,
+        std=std, arch_kwargs=arch_kwargs, bits=bits, scheme=scheme, defense=defense, params=params,
+        iterations=iterations, labeled=labeled, trigger=trigger, target=target, max_images=max_images,
+        calib_images=calib_images, threads=threads, device=device,
+    )  # fmt: skip
+    out, device, x, method, qscheme, meta = (
+        inputs.out, inputs.device, inputs.x, inputs.method, inputs.qscheme, inputs.meta
+    )  # fmt: skip
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    fp_model = inputs.fp_model.to(device)
     wall["load"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    try:
-        qscheme = create_scheme(scheme, bits)
-    except ValueError as err:
-        raise PurifyError(f"scheme {scheme!r} at {bits} bits: {err}") from err
     qmodel = quantize_model(fp_model, qscheme)
     calibrate(qmodel, (xb.to(device) for xb, _ in ImageSet(x, torch.zeros(len(x))).batches(64, limit=calib_images)))
     wall["quantize"] = time.perf_counter() - t0
 
-    batch = (params or {}).get("batch_size", CPU_DEFAULTS.get(defense, {}).get("batch_size", 32))
-    settings = CPU_DEFAULTS.get(defense, {}) | {"calib_batches": min(32, math.ceil(len(x) / batch))} | (params or {})
-    try:
-        method = create_defense(defense, dict(settings))
-    except TypeError as err:
-        raise PurifyError(f"defense {defense!r}: {err}") from err
     t0 = time.perf_counter()
     g = torch.Generator().manual_seed(seed)
     calib = method.calibration_batches(ImageSet(x, torch.zeros(len(x), dtype=torch.long)), g, device)
+    _stop_on_nonfinite_loss(method, out)
     purified = method.reconstruct(qmodel, calib, g)
     wall["defense"] = time.perf_counter() - t0
+    check_finite_result(purified, getattr(method, "log", []), out)
 
     metrics = None
-    if eval_set is not None:
+    if inputs.eval_set is not None:
         t0 = time.perf_counter()
-        trig = create_trigger(trigger, eval_set.x.shape[-2]) if trigger is not None else None
         metrics = {
-            name: evaluate(m, eval_set, trig, target, 256, device)
+            name: evaluate(m, inputs.eval_set, inputs.trigger, target, 256, device)
             for name, m in (("fp", fp_model), ("quantized", qmodel), ("purified", purified))
         }
         wall["evaluate"] = time.perf_counter() - t0
     wall["total"] = time.perf_counter() - t_start
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     settings_all = {
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": sha256_file(checkpoint),
@@ -411,7 +740,6 @@ def purify(
         "wall_s": wall["quantize"] + wall["defense"],
         "config_hash": provenance.config_hash(settings_all),
     }
-    io.save_model(purified, out / "model.safetensors", _clean(model_meta))
     summary = {
         "command": "purify",
         "settings": settings_all,
@@ -422,5 +750,10 @@ def purify(
         "outputs": {"model": str(out / "model.safetensors"), "meta": str(out / "model.json")},
         "versions": json.loads(provenance.versions()),
     }
-    _write_json(out / "summary.json", summary)
+
+    def write(folder: Path) -> None:
+        io.save_model(purified, folder / "model.safetensors", _clean(model_meta))
+        _write_json(folder / "summary.json", summary)
+
+    _publish(out, write)
     return _clean(summary)
