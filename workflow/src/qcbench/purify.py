@@ -7,6 +7,12 @@ read with ``allow_pickle=False``); a pickle or torch zip checkpoint is refused w
 (loadable with :func:`qcbench.io.load_model`; the JSON records the scheme and every quantizer's
 scale/zero-point) and ``summary.json`` (settings, wall times, the per-unit log and, given labeled
 data and a trigger, BA/ASR of the FP, quantized and purified models).
+
+Every input is checked before any quantization or optimisation (:func:`check_inputs`), each
+refusal a :class:`PurifyError` naming the flag and value. The defense stops at the first layer
+unit whose loss is not finite, a purified model with a NaN or infinite tensor is refused, and
+the output folder is written beside ``--out`` and renamed into place once complete, so a failed
+run leaves no ``--out``.
 """
 
 from __future__ import annotations
