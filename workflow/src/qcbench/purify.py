@@ -585,23 +585,6 @@ def _nonfinite_unit(entry: dict) -> bool:
     return any(isinstance(entry.get(k), float) and not math.isfinite(entry[k]) for k in ("loss_first", "loss"))
 
 
-def _stop_on_nonfinite_loss(method, out: Path) -> None:
-    """Make ``method`` (a :class:`~qcbench.defenses.layerwise.LayerwiseDefense`) stop at the
-    first layer unit whose loss is NaN or infinite, instead of running the remaining units."""
-    process_unit = method.process_unit
-
-    def checked(*args, **kwargs):
-        entry = process_unit(*args, **kwargs)
-        if _nonfinite_unit(entry):
-            raise PurifyError(
-                f"the loss became non-finite in {_unit_name(entry)} (first {entry.get('loss_first')}, "
-                f"last {entry.get('loss')}); nothing was written to --out {out} (try a lower lr in --params)"
-            )
-        return entry
-
-    method.process_unit = checked
-
-
 def check_finite_result(model: nn.Module, log: list[dict], out: Path) -> None:
     """Refuse a purified model with a NaN or infinite parameter or buffer, naming the first layer
     unit whose loss was non-finite (else the tensor)."""
@@ -670,6 +653,7 @@ def purify(
     on unlabeled ``images``, write ``out/model.safetensors`` (+ ``.json``) and ``out/summary.json``;
     return the summary. Every input is checked first (:func:`check_inputs`); a purified model
     that is not finite is never written, and ``out`` appears only once complete."""
+    from qcbench.defenses.layerwise import NonFiniteLoss
     from qcbench.metrics import evaluate
     from qcbench.quant import calibrate, quantize_model
 
@@ -699,8 +683,10 @@ def purify(
     t0 = time.perf_counter()
     g = torch.Generator().manual_seed(seed)
     calib = method.calibration_batches(ImageSet(x, torch.zeros(len(x), dtype=torch.long)), g, device)
-    _stop_on_nonfinite_loss(method, out)
-    purified = method.reconstruct(qmodel, calib, g)
+    try:
+        purified = method.reconstruct(qmodel, calib, g)
+    except NonFiniteLoss as err:
+        raise PurifyError(f"{err}; nothing was written to --out {out} (try a lower lr in --params)") from None
     wall["defense"] = time.perf_counter() - t0
     check_finite_result(purified, getattr(method, "log", []), out)
 

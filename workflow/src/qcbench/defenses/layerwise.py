@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import abc
 import copy
+import math
 import sys
 import time
 
@@ -38,6 +39,11 @@ from qcbench.defenses.base import Defense
 from qcbench.defenses.units import Unit, capture, capture_outputs, extract_units, unit_inputs
 from qcbench.progress import progress
 from qcbench.quant import fp_view, freeze_weight_ranges
+
+
+class NonFiniteLoss(ArithmeticError):
+    """A layer unit's reconstruction loss became NaN or infinite: the defense stops there rather
+    than harden the remaining units on a broken model."""
 
 
 def unit_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -149,6 +155,11 @@ class LayerwiseDefense(Defense):
             file=sys.stderr,
             flush=True,
         )
+        if not all(math.isfinite(entry[k]) for k in ("loss_first", "loss")):
+            raise NonFiniteLoss(
+                f"{self.name}: the loss became non-finite in layer unit {index} ({', '.join(unit.modules)}) "
+                f"(first {entry['loss_first']}, last {entry['loss']}); the remaining units were not run"
+            )
         return entry
 
     def _optimise(self, qmodel, unit: Unit, layer, opt, inputs, targets, g) -> dict:
