@@ -132,9 +132,9 @@ def test_only_the_masks_learn_and_stay_in_the_unit_interval(trained, tiny_splits
     assert not all(torch.equal(before[n], after[n]) for n in learned)  # the masks moved
     for n in learned:
         assert 0 <= after[n].min() and after[n].max() <= 1
-    for n in before:
+    for n in before:  # U[-eps, eps] plus one signed step of eps, unclipped as upstream
         if "neuron_noise" in n:
-            assert after[n].abs().max() <= defense.params["anp_eps"] + 1e-7
+            assert after[n].abs().max() <= 2 * defense.params["anp_eps"] + 1e-6
     assert seen["kw"]["epochs"] == 1 and len(seen["kw"]["params"]) == len(masks)
     assert len(defense.history) == 1
     all_masks = torch.cat(list(masks.values()))

@@ -11,8 +11,9 @@
    statistics, as upstream):
 
    a. δ, ξ drawn from U[−``anp_eps``, ``anp_eps``]; ``anp_steps`` signed-gradient ascent steps of
-      cross-entropy (noise included) with step ``anp_eps / anp_steps``, then δ, ξ clipped to
-      [−``anp_eps``, ``anp_eps``] (the paper's constraint; upstream's code leaves them unclipped);
+      cross-entropy (noise included) with step ``anp_eps / anp_steps``, δ and ξ left unclipped
+      after the steps, as upstream's code leaves them (the paper states the bound; with one step
+      of size ``anp_eps`` a noise can reach 2·``anp_eps``);
    b. one SGD step (``lr``, momentum 0.9) on m of ``anp_alpha``·CE(noise excluded) +
       (1 − ``anp_alpha``)·CE(noise included); m clipped to [0, 1].
 
@@ -62,11 +63,6 @@ class NoisyBatchNorm2d(nn.Module):
         """Draw both noises from U[−eps, eps] (upstream's ``reset(rand_init=True)``)."""
         self.neuron_noise.uniform_(-eps, eps)
         self.neuron_noise_bias.uniform_(-eps, eps)
-
-    @torch.no_grad()
-    def clip_noise(self, eps: float) -> None:
-        self.neuron_noise.clamp_(-eps, eps)
-        self.neuron_noise_bias.clamp_(-eps, eps)
 
     @torch.no_grad()
     def clip_mask(self) -> None:
@@ -198,8 +194,6 @@ class ANP(FPDefense):
                     for t in noise:
                         t.grad.sign_()
                     noise_opt.step()
-                    for mod in mods:
-                        mod.clip_noise(eps)
                 loss_rob = ce(m(x), y)
             include_noise(False)
             loss_nat = ce(m(x), y)
