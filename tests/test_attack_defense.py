@@ -81,17 +81,39 @@ def test_pda_stays_within_gamma_and_lowers_the_bn_distance(tiny_model):
         assert bn_stat_distance(qm, unit, x) < bn_stat_distance(qm, unit, x0)
 
 
-def test_bn_distance_uses_the_population_variance(tiny_model):
+def test_bn_distance_uses_torch_var_as_upstream_calls_it(tiny_model):
+    """Upstream (mqbench/advanced_ptq.py, GetDcFpLayerInpOut) calls torch.var(view(N, C, -1),
+    dim=2): the unbiased variance over the spatial positions."""
     qm = quantize_model(tiny_model, create_scheme("qa", 4)).eval()
     unit = extract_units(qm)[1]
     (x,) = unit_inputs(qm, unit, [torch.rand(4, 1, 28, 28)])
     bn = qm.get_submodule(unit.bns[0])
     with unit.quantized_input(qm):
         f = qm.get_submodule(unit.first)(x)
-    mu, var = f.mean(dim=(2, 3)), f.var(dim=(2, 3), unbiased=False)
+    flat = f.view(f.size(0), f.size(1), -1)
+    mu, var = flat.mean(dim=2), torch.var(flat, dim=2)
     ref = ((bn.running_mean - mu) ** 2).sum() + (((bn.running_var + 1e-6).sqrt() - (var + 1e-6).sqrt()) ** 2).sum()
+    biased = flat.var(dim=2, unbiased=False)
+    wrong = ((bn.running_mean - mu) ** 2).sum() + (((bn.running_var + 1e-6).sqrt() - (biased + 1e-6).sqrt()) ** 2).sum()
     with torch.no_grad():
-        assert torch.allclose(bn_stat_distance(qm, unit, x), ref / 4, rtol=1e-5)
+        got = bn_stat_distance(qm, unit, x)
+        assert torch.allclose(got, ref / 4, rtol=1e-5)
+        assert not torch.allclose(got, wrong / 4, rtol=1e-5)
+
+
+def test_pda_halves_its_step_at_upstreams_fixed_iterations(monkeypatch):
+    """Upstream halves alpha before the step of iterations 250, 500, 1000, 2000, 3000 and 4000,
+    whatever the iteration count: 500 steps are 250 of alpha and 250 of alpha / 2, and a run of
+    at most 250 steps is never halved."""
+    from qcbench.defenses import lac
+
+    assert [lac.pda_step(1.0, it) for it in (0, 249, 250, 499, 500, 999, 1000, 4000, 9999)] == [
+        1.0, 1.0, 0.5, 0.5, 0.25, 0.25, 0.125, 1 / 64, 1 / 64]  # fmt: skip
+    # a distance whose gradient sign is -1 everywhere: each step moves x up by the step size
+    monkeypatch.setattr(lac, "bn_stat_distance", lambda _m, _u, x: -x.sum())
+    for iterations, moved in ((5, 5.0), (250, 250.0), (260, 255.0), (500, 375.0), (1001, 500.125)):
+        x = lac.pda(None, None, torch.zeros(2, 3), iterations=iterations, gamma=1e6, alpha=1.0)
+        assert torch.equal(x, torch.full((2, 3), moved)), iterations
 
 
 def _asr(model, splits, attack, bits=None):

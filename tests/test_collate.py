@@ -1,6 +1,8 @@
 """Collation: every metrics file checked against the pandera schema, errors name the file, the
 column and the value; nothing is written when a check fails."""
 
+import math
+
 import pandas as pd
 import pytest
 from qcbench import io, stages
@@ -90,3 +92,37 @@ def test_collated_der_out_of_range_is_refused():
     with pytest.raises(io.MetricsError, match="column 'der' value 150.0"):
         io.check_metrics(df, "results/metrics.parquet", collated=True)
     io.check_metrics(df.drop(columns="der"), "cell")  # a cell file has no der
+
+
+def test_der_reference_is_the_no_defense_cell_of_the_same_scheme(tmp_path):
+    """A defense in a deployer's scheme is rated against that scheme's no-defense row (requantize),
+    never against the attack's own-scheme "none" row; the scheme switch alone rates 50, no change."""
+    academic = {"scheme": "mqbench_academic"}
+    cells = [
+        _write(tmp_path / "none.parquet", ba=88.0, asr=90.0),  # the attack's own scheme, qa
+        _write(tmp_path / "academic.parquet", defense="academic", ba=86.0, asr=40.0, **academic),
+        _write(tmp_path / "lac_academic.parquet", defense="lac_academic", ba=85.0, asr=4.0, **academic),
+        _write(tmp_path / "lac.parquet", defense="lac", ba=87.0, asr=2.0),
+        _write(tmp_path / "orphan.parquet", defense="lac_x86", ba=87.0, asr=2.0, scheme="x86"),
+    ]
+    df = stages.collate(cells, str(tmp_path / "m.parquet"), no_defense=["academic"]).set_index("defense")
+    assert df.der["academic"] == pytest.approx(50.0)  # its own reference: BA and ASR unchanged
+    assert df.der["lac_academic"] == pytest.approx(100 * (0.36 - 0.01 + 1) / 2)  # ASR 40 -> 4, BA 86 -> 85
+    assert df.der["lac"] == pytest.approx(100 * (0.88 - 0.01 + 1) / 2)  # own scheme: against "none"
+    assert math.isnan(df.der["lac_x86"])  # no no-defense row in its scheme
+    assert math.isnan(df.der["none"])
+    # without knowing which entries are no defense, nothing in the deployer's scheme is rated
+    plain = stages.collate(cells, str(tmp_path / "p.parquet")).set_index("defense")
+    assert plain.der[["academic", "lac_academic", "lac_x86"]].isna().all()
+    assert plain.der["lac"] == df.der["lac"]
+
+
+def test_none_is_preferred_when_a_requantize_row_shares_its_scheme(tmp_path):
+    cells = [
+        _write(tmp_path / "none.parquet", ba=88.0, asr=90.0),
+        _write(tmp_path / "as_attacked.parquet", defense="as_attacked", ba=80.0, asr=60.0),
+        _write(tmp_path / "lac.parquet", defense="lac", ba=87.0, asr=2.0),
+    ]
+    df = stages.collate(cells, str(tmp_path / "m.parquet"), no_defense=["as_attacked"]).set_index("defense")
+    assert df.der["lac"] == pytest.approx(100 * (0.88 - 0.01 + 1) / 2)
+    assert df.der["as_attacked"] == pytest.approx(100 * (0.30 - 0.08 + 1) / 2)

@@ -10,7 +10,7 @@ import torch
 from qcbench import io, stages
 from qcbench.cells import quantize_cell
 from qcbench.config import ConfigError, check_config, load_config
-from qcbench.plan import ablation_cells
+from qcbench.plan import ablation_cells, der_reference, no_defense_entries, with_references
 from qcbench.quant import create_scheme
 from qcbench.tables import PaperReference, TableContext, render
 
@@ -104,6 +104,33 @@ def test_schemes_cells_only_at_the_bit_widths_an_attack_is_built_for():
     assert f"{base}/pq/w8/academic/seed0/metrics.parquet" in cells
     assert f"{base}/ca4/w4/lac_academic/seed0/metrics.parquet" in cells
     assert not [c for c in cells if "/ca4/w8/" in c]  # CompArtifact-4 has no 8-bit cell
+
+
+def test_a_deployer_scheme_defense_is_planned_with_its_no_defense_reference():
+    cfg = copy.deepcopy(CONFIG)
+    assert no_defense_entries(cfg) == ["academic"]
+    assert [der_reference(cfg, d) for d in ("none", "lac", "academic", "lac_academic")] == [
+        "none", "none", "academic", "academic"]  # fmt: skip
+    base = "results/fashion_mnist/resnet_tiny/ca4"
+    lac_academic = f"{base}/w4/lac_academic/seed0/metrics.parquet"
+    fp_cell = f"{base}/w32/lac_academic/seed0/metrics.parquet"  # 32 bits: the FP model is the reference
+    lac, academic = f"{base}/w4/lac/seed0/metrics.parquet", f"{base}/w4/academic/seed0/metrics.parquet"
+    assert with_references(cfg, [lac_academic, fp_cell, lac]) == [lac_academic, academic, fp_cell, lac]
+    # a table listing only the defended cell still gets its reference, once
+    cfg["ablations"]["schemes"]["defenses"] = ["lac_academic"]
+    cells = with_references(cfg, ablation_cells(cfg))
+    assert academic in cells and len(cells) == len(set(cells))
+    del cfg["defenses"]["academic"]
+    assert der_reference(cfg, "lac_academic") is None
+
+
+def test_a_deployer_scheme_defense_without_a_no_defense_entry_is_refused():
+    cfg = load_config(ROOT / "config/local.yaml")
+    del cfg["defenses"]["academic"]
+    cfg["ablations"]["schemes"]["defenses"] = ["lac", "lac_academic"]
+    with pytest.raises(ConfigError, match=r"config key 'defenses\.lac_academic\.scheme': no defense entry of method "
+                       r"'requantize' in scheme 'mqbench_academic'"):  # fmt: skip
+        check_config(cfg, workdir=ROOT)
 
 
 def test_schemes_table_labels_each_quantizer():

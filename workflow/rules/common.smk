@@ -17,7 +17,7 @@ from qcbench.config import ConfigError, check_config, resolve_methods
 from qcbench.defenses import is_fp_defense
 from qcbench.figures import FIGURES, figure_inputs, figure_names
 from qcbench.package_data import CONFIG_SCHEMA, PAPER_REFERENCE
-from qcbench.plan import ablation_cells
+from qcbench.plan import ablation_cells, no_defense_entries, with_references
 from qcbench.tables import TABLES, table_inputs
 
 # shipped inside the package: the config schema and the paper's reported numbers, joined into
@@ -106,7 +106,7 @@ def undefended_model(wc):
 
 def cell_metrics():
     """Every metrics file `all` needs: clean and attacked FP models, each bit width without and
-    with each defense, and the ablation tables' cells."""
+    with each defense, the ablation tables' cells and the DER reference cells."""
     out = []
     for ds in RUN["datasets"]:
         for arch in RUN["archs"]:
@@ -132,9 +132,10 @@ def cell_metrics():
                                 f"{base}/{atk}/w8/none/seed{seed}/metrics.{b}.parquet"
                             )
     # the cells of the ablation tables in run.ablations (qcbench.plan) and of Table 6 (PDA as
-    # a plug-in: workflow/rules/common/detection.smk), each once
-    return list(
-        dict.fromkeys(out + ablation_cells(config, FP_DEFENSES) + table6_metrics())
+    # a plug-in: workflow/rules/common/detection.smk), each once, and beside each cell defended
+    # in a deployer's scheme the no-defense cell of that scheme its DER is rated against
+    return with_references(
+        config, out + ablation_cells(config, FP_DEFENSES) + table6_metrics()
     )
 
 

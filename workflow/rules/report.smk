@@ -18,6 +18,9 @@ rule collate:
         "../../envs/qcbench.yaml"
     container:
         "container/qcbench.sif"
+    params:
+        # the no-defense entries (requantize): the DER reference of the defenses in their scheme
+        no_defense=no_defense_entries(config),
     script:
         "../scripts/collate.py"
 

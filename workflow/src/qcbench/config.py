@@ -99,6 +99,7 @@ def semantic_errors(cfg: dict, workdir: str | Path = ".") -> list[str]:
     from qcbench.detection.checks import detection_errors
     from qcbench.models import MODELS
     from qcbench.plan import config_errors as ablation_errors
+    from qcbench.plan import der_reference
     from qcbench.quant import SCHEMES
     from qcbench.triggers import create_trigger
 
@@ -170,6 +171,13 @@ def semantic_errors(cfg: dict, workdir: str | Path = ".") -> list[str]:
                 out.append(
                     f"config key 'defenses.{name}.scheme': unknown scheme {spec['scheme']!r}; "
                     f"registered: {SCHEMES.names()}"
+                )
+            elif spec.get("scheme") is not None and der_reference(cfg, name) is None:
+                s = spec["scheme"]
+                out.append(
+                    f"config key 'defenses.{name}.scheme': no defense entry of method 'requantize' in scheme "
+                    f"{s!r}, the no-defense cell its DER is rated against; add one, e.g. "
+                    f"'{s}_none: {{method: requantize, scheme: {s}}}'"
                 )
             try:
                 inspect.signature(DEFENSES.get(spec["method"])).bind(**params)

@@ -5,11 +5,14 @@ The config's ``ablations:`` section names, per paper table, the cells it needs (
 ``run.ablations`` lists the tables whose cells ``all`` builds. :func:`ablation_cells` turns them
 into metrics paths (every attack's FP model and no-defense cells included), which the workflow
 adds to the main run's cells; the generic attack/quantize/defend/evaluate rules build them. The
-tables themselves are rendered by :mod:`qcbench.tables`.
+tables themselves are rendered by :mod:`qcbench.tables`. A defense entry that names a deployer's
+``scheme`` is rated (DER) against the no-defense cell of that scheme, a ``requantize`` entry
+(:func:`der_reference`); :func:`with_references` plans that cell beside it.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 #: the tables whose cells come from an ``ablations:`` entry alone (rendered by qcbench.tables)
@@ -106,6 +109,44 @@ def ablation_cells(cfg: Mapping, fp_defenses=()) -> list[str]:
                             out.append(f"{base}/w{bits}/{d}/seed{seed}/metrics.parquet")
                     if 8 in bits_of:
                         out += [f"{base}/w8/none/seed{seed}/metrics.{b}.parquet" for b in spec["backends"]]
+    return list(dict.fromkeys(out))
+
+
+def no_defense_entries(cfg: Mapping) -> list[str]:
+    """The defense entries that defend nothing (``requantize``), in config order: each one's row is
+    the no-defense cell of its scheme (:func:`der_reference`)."""
+    from qcbench.defenses import is_no_defense
+
+    return [n for n, d in (cfg.get("defenses") or {}).items() if is_no_defense((d or {}).get("method", n))]
+
+
+def der_reference(cfg: Mapping, defense: str) -> str | None:
+    """The defense whose row of the same quantized cell is ``defense``'s no-defense reference for
+    DER: "none" (the attack's own scheme) unless the entry names a deployer's ``scheme`` S, then the
+    first no-defense entry in S (the cell's FP model quantized with S, no defense), or None when
+    the config has none (its DER is then NaN; :func:`qcbench.config.check_config` refuses a run
+    that uses such an entry). A 32-bit row's reference is always the FP model ("none")."""
+    scheme = ((cfg.get("defenses") or {}).get(defense) or {}).get("scheme")
+    if defense == "none" or scheme is None:
+        return "none"
+    return next((n for n in no_defense_entries(cfg) if cfg["defenses"][n].get("scheme") == scheme), None)
+
+
+_METRICS = re.compile(
+    r"results/(?P<cell>[^/]+/[^/]+/[^/]+)/w(?P<bits>\d+)/(?P<defense>[^/]+)/(?P<seed>seed\d+)/metrics\.parquet"
+)
+
+
+def with_references(cfg: Mapping, paths: list[str]) -> list[str]:
+    """``paths`` (metrics files), each quantized defended cell followed by its DER reference cell
+    (:func:`der_reference`) when that is not "none" (planned with every cell anyway), without
+    duplicates."""
+    out: list[str] = []
+    for path in paths:
+        out.append(path)
+        m = _METRICS.fullmatch(path)
+        if m and m["bits"] != "32" and (ref := der_reference(cfg, m["defense"])) not in (None, "none"):
+            out.append(f"results/{m['cell']}/w{m['bits']}/{ref}/{m['seed']}/metrics.parquet")
     return list(dict.fromkeys(out))
 
 

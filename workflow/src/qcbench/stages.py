@@ -22,6 +22,8 @@ from qcbench.train import train_clean as _train_clean
 from qcbench.triggers import create_trigger
 
 if TYPE_CHECKING:  # imported where used: training and quantizing jobs never need pandas (~0.5 s)
+    from collections.abc import Sequence
+
     import pandas as pd
 
 
@@ -230,11 +232,15 @@ def read_metrics(path: str) -> pd.DataFrame:
     return df
 
 
-def collate(paths: list[str], out: str) -> pd.DataFrame:
+def collate(paths: list[str], out: str, no_defense: Sequence[str] = ()) -> pd.DataFrame:
     """Concatenate per-model metrics into ``out``: check each file (its name in any error), refuse
-    two files with the same key, add DER against the no-defense cell of the same
-    precision (an FP-level defense at 32 bits against the FP model), check the result and write
-    it atomically (nothing is written when a check fails)."""
+    two files with the same key, add DER against the no-defense cell of the same precision and
+    the same scheme (an FP-level defense at 32 bits against the FP model), check the result and
+    write it atomically (nothing is written when a check fails). A cell's no-defense rows are
+    "none" (the attack's own scheme) and those of the defense entries ``no_defense``
+    (:func:`qcbench.plan.no_defense_entries`: ``requantize`` in a deployer's scheme), "none"
+    first; a row in a scheme without one has DER NaN, so a scheme switch alone is never credited
+    as a defense (a ``requantize`` row itself rates 50, no change)."""
     import pandas as pd
 
     from qcbench.metrics import der
@@ -250,8 +256,11 @@ def collate(paths: list[str], out: str) -> pd.DataFrame:
         first = dup.iloc[0]
         same = dup[(dup[key] == first[key]).all(axis=1)]._source.tolist()
         raise io.MetricsError(f"{same[0]}: the same key {dict(first[key])} also comes from {same[1:]}")
-    cell = ["dataset", "arch", "attack", "bits", "seed", "backend"]
-    ref = df[df.defense == "none"].set_index(cell)[["ba", "asr"]]
+    cell = ["dataset", "arch", "attack", "bits", "seed", "backend", "scheme"]
+    order = {d: i for i, d in enumerate(["none", *no_defense])}
+    nodef = df[df.defense.isin(order)]
+    nodef = nodef.iloc[nodef.defense.map(order).argsort(kind="stable")]
+    ref = nodef.drop_duplicates(cell).set_index(cell)[["ba", "asr"]]
     ders = []
     for _, r in df.iterrows():
         k = tuple(r[c] for c in cell)

@@ -2,7 +2,15 @@
 defended quantized model."""
 
 from qcbench._registry import import_submodules
-from qcbench.defenses.base import DEFENSES, Defense, FPDefense, create_defense, is_fp_defense, register_defense
+from qcbench.defenses.base import (
+    DEFENSES,
+    Defense,
+    FPDefense,
+    create_defense,
+    is_fp_defense,
+    is_no_defense,
+    register_defense,
+)
 from qcbench.defenses.layerwise import LayerwiseDefense
 
 import_submodules(__name__, __path__)  # every module registers its entries
@@ -14,5 +22,6 @@ __all__ = [
     "LayerwiseDefense",
     "create_defense",
     "is_fp_defense",
+    "is_no_defense",
     "register_defense",
 ]

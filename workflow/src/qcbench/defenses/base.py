@@ -33,7 +33,11 @@ def init_params(local_vars: dict) -> dict:
 
 
 class Defense(abc.ABC):
-    """Base class: :meth:`run` returns the defended *quantized* model (same scheme as ``qmodel``)."""
+    """Base class: :meth:`run` returns the defended *quantized* model (same scheme as ``qmodel``).
+    ``no_defense``: the entry defends nothing (``requantize``); its row is a no-defense cell, the
+    DER reference of the defenses in its scheme (:func:`qcbench.plan.der_reference`)."""
+
+    no_defense: bool = False
 
     def __init__(self, **params) -> None:
         self.params = params
@@ -77,6 +81,11 @@ def is_fp_defense(method: str) -> bool:
     """Does the registered defense ``method`` purify the FP model (quantized afterwards)?"""
     cls = DEFENSES.get(method)
     return isinstance(cls, type) and issubclass(cls, FPDefense)
+
+
+def is_no_defense(method: str) -> bool:
+    """Is the registered defense ``method`` no defense (its row a no-defense cell)?"""
+    return method in DEFENSES and bool(getattr(DEFENSES.get(method), "no_defense", False))
 
 
 def create_defense(method: str, params: dict) -> Defense:

@@ -9,9 +9,14 @@ Per layer unit in topological order:
    into the weights, so CompArtifact cells get LAC alone): each cached input batch — already
    quantized, as the unit's input in MQBench — is moved by signed steps
    that lower D = Σ_BN [‖μ_run − μ‖² + ‖σ_run − σ‖²] / B (per-sample, per-channel spatial
-   statistics of each BN's input vs. its running statistics), staying within γ of the start in
-   L∞ (γ = ``gamma``; ``pda_iterations`` steps of ``pda_alpha``, halved at half the iterations;
-   no clamp, no re-quantization);
+   statistics of each BN's input vs. its running statistics; σ² the unbiased variance over the
+   H·W positions, as ``torch.var``'s default; σ_run = √(running_var + 1e-6)), staying within γ of
+   the start in L∞ (γ = ``gamma``; ``pda_iterations`` steps of ``pda_alpha``, the step halved at
+   each of the fixed iterations :data:`PDA_HALVINGS`, so 500 steps take 250 of α and 250 of α/2
+   and fewer than 251 are never halved; no clamp, no re-quantization). Upstream:
+   ``GetDcFpLayerInpOut.__call__`` in ``mqbench/advanced_ptq.py`` (``torch.var`` without
+   ``unbiased``, ``scheduler = [250, 500, 1000, 2000, 3000, 4000]`` with ``alpha /= 2`` before the
+   step of each listed iteration);
 3. a free additive offset α per weight (weight units, unbounded, zero-initialised) inside the
    frozen weight quantizer, trained with Adam to minimise the unit-output squared error (the
    output through the next layer's input quantizer where one directly follows, as in MQBench;
@@ -40,12 +45,23 @@ def bn2d_of(model, unit: Unit) -> list[str]:
     return [n for n in unit.bns if isinstance(model.get_submodule(n), torch.nn.BatchNorm2d)]
 
 
+#: the PDA iterations at which the step size halves (upstream's ``scheduler``), each time anew
+PDA_HALVINGS = (250, 500, 1000, 2000, 3000, 4000)
+
+
+def pda_step(alpha: float, it: int) -> float:
+    """PDA's step size at iteration ``it`` (from 0): ``alpha`` halved once per milestone of
+    :data:`PDA_HALVINGS` reached, the milestone's own step included."""
+    return alpha * 0.5 ** sum(it >= m for m in PDA_HALVINGS)
+
+
 def bn_stat_distance(model, unit: Unit, x: torch.Tensor) -> torch.Tensor:
     """PDA's D for one unit and one batch, from hooks on each BN's input.
 
-    The variance is taken in two passes (mean of squared deviations): the same value as
-    ``Tensor.var(dim=(2, 3), unbiased=False)`` to float rounding, but its forward is ~10x faster on
-    one CPU thread (2.8 vs 0.28 ms for a 32 x 16 x 28 x 28 batch; with the backward 3.2 vs 3.0 ms).
+    The variance is the unbiased one (``torch.var(dim=(2, 3))``'s default, as upstream), taken in
+    two passes (sum of squared deviations / (H·W − 1)): the same value to float rounding, but
+    its forward is ~10x faster on one CPU thread (2.8 vs 0.28 ms for a 32 x 16 x 28 x 28 batch;
+    with the backward 3.2 vs 3.0 ms). On a 1 x 1 map, where ``torch.var`` gives NaN, it is 0.
     Stacking the cached batches into one forward is no faster: on one CPU
     thread no faster up to 256 samples, 0.7x at 1,024, and where a gradient is within rounding of
     zero its sign (PDA's step) then differs."""
@@ -61,7 +77,8 @@ def bn_stat_distance(model, unit: Unit, x: torch.Tensor) -> torch.Tensor:
     for name, f in zip(bns, feats):
         bn = model.get_submodule(name)
         mu = f.mean(dim=(2, 3), keepdim=True)
-        sigma = ((f - mu).square().mean(dim=(2, 3)) + 1e-6).sqrt()
+        dof = max(f.shape[2] * f.shape[3] - 1, 1)
+        sigma = ((f - mu).square().sum(dim=(2, 3)) / dof + 1e-6).sqrt()
         d = (
             d
             + (bn.running_mean - mu.flatten(1)).square().sum()
@@ -71,10 +88,11 @@ def bn_stat_distance(model, unit: Unit, x: torch.Tensor) -> torch.Tensor:
 
 
 def pda(model, unit: Unit, x0: torch.Tensor, iterations: int, gamma: float, alpha: float) -> torch.Tensor:
-    """Poisoned-distribution approximation of one cached input batch."""
+    """Poisoned-distribution approximation of one cached input batch: ``iterations`` signed steps
+    of :func:`pda_step` down D, each projected back within ``gamma`` of ``x0`` (L∞)."""
     x = x0.clone()
     for it in range(iterations):
-        step = alpha / 2 if it >= iterations // 2 else alpha
+        step = pda_step(alpha, it)
         x.requires_grad_(True)
         (grad,) = torch.autograd.grad(bn_stat_distance(model, unit, x), x)
         with torch.no_grad():

@@ -4,10 +4,11 @@ images first moved by PDA.
 PDA (:func:`qcbench.defenses.lac.pda`, reused unchanged) takes signed steps that lower
 D = Σ_BN [‖μ_run − μ‖² + ‖σ_run − σ‖²] / B — here summed over *every* BatchNorm of the
 backdoored FP model (the whole model is one "unit") — while staying within ``gamma`` of the
-image in L∞ (step ``pda_alpha``, halved at half the ``pda_iterations``). The images are moved
-in the model's input space ([0, 1] pixels, before its Normalize layer), in batches of
-``pda_batch_size``, with the model in eval mode (BN running statistics as the reference); the
-labels are kept. The defense then trains on the adjusted images exactly as it would on the clean
+image in L∞ (``pda_iterations`` steps of ``pda_alpha``, halved at upstream's fixed iterations
+250, 500, 1000, …: :data:`~qcbench.defenses.lac.PDA_HALVINGS`; σ² the unbiased variance). The
+images are moved in the model's input space ([0, 1] pixels, before its Normalize layer), in
+batches of ``pda_batch_size``, with the model in eval mode (BN running statistics as the
+reference); the labels are kept. The defense then trains on the adjusted images exactly as it would on the clean
 ones. The adjusted set is kept in float (×255, as :class:`~qcbench.data.ImageSet` stores pixel
 values), because a uint8 round trip would erase a γ = 1e-3 perturbation.
 """

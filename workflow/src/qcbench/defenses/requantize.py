@@ -8,6 +8,11 @@ quantizes with the quantizer they deploy, not the one the attacker built against
 ``{method: requantize, scheme: mqbench_academic}`` is the no-defense cell of that quantizer, beside
 ``{<<: *lac, scheme: mqbench_academic}`` (LAC+PDA in the reference code's academic setting).
 Without ``scheme`` it returns the cell's own no-defense model.
+
+Its row is the no-defense cell of its scheme: the DER of a defense entry naming ``scheme: S`` is
+rated against the ``requantize`` row in S of the same cell, not against the attack's own-scheme
+"none" row, so a scheme switch alone is not credited as a defense (:func:`qcbench.plan.der_reference`,
+:func:`qcbench.stages.collate`).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from qcbench.defenses.base import Defense, register_defense
 @register_defense("requantize")
 class Requantize(Defense):
     label = "no defense"
+    no_defense = True
 
     def __init__(self) -> None:
         super().__init__()
