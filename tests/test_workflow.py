@@ -69,8 +69,8 @@ def test_reordering_config_keys_reruns_nothing(tiny_run, tmp_path):
     from .conftest import TINY_CONFIGS
 
     def merge(base, new):  # Snakemake's recursive update of one config file by the next
-        for k, v in new.items():
-            base[k] = merge(base.get(k) or {}, v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+        for k, v in new.items():  # a mapping is copied, so YAML aliases (`*bd`) stay apart
+            base[k] = merge(base[k] if isinstance(base.get(k), dict) else {}, v) if isinstance(v, dict) else v
         return base
 
     merged = {}

@@ -155,7 +155,7 @@ class LayerwiseDefense(Defense):
             file=sys.stderr,
             flush=True,
         )
-        if not all(math.isfinite(entry[k]) for k in ("loss_first", "loss")):
+        if entry["iterations"] and not all(math.isfinite(entry[k]) for k in ("loss_first", "loss")):
             raise NonFiniteLoss(
                 f"{self.name}: the loss became non-finite in layer unit {index} ({', '.join(unit.modules)}) "
                 f"(first {entry['loss_first']}, last {entry['loss']}); the remaining units were not run"
