@@ -18,6 +18,7 @@ run leaves no ``--out``.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
 import os
@@ -629,30 +630,15 @@ def purify(
     images: str | Path,
     out: str | Path,
     *,
-    arch: str | None = None,
-    num_classes: int | None = None,
-    in_channels: int | None = None,
-    mean: list[float] | None = None,
-    std: list[float] | None = None,
-    arch_kwargs: dict | None = None,
-    bits: int = 4,
-    scheme: str = "mqbench_academic",
-    defense: str = "lac",
-    params: dict | None = None,
-    iterations: int | None = None,
-    labeled: str | Path | None = None,
-    trigger: dict | None = None,
-    target: int | None = None,
-    max_images: int = 1024,
-    calib_images: int = 512,
     seed: int = 0,
-    threads: int | None = None,
-    device: str | torch.device = "cpu",
+    **options,
 ) -> dict:
     """Quantize ``checkpoint`` with the ``scheme`` family at ``bits``, purify it with ``defense``
     on unlabeled ``images``, write ``out/model.safetensors`` (+ ``.json``) and ``out/summary.json``;
     return the summary. Every input is checked first (:func:`check_inputs`); a purified model
-    that is not finite is never written, and ``out`` appears only once complete."""
+    that is not finite is never written, and ``out`` appears only once complete. ``options``
+    are :func:`check_inputs`' keywords (arch, bits, scheme, defense, labeled, trigger, ...), with
+    its defaults."""
     from qcbench.defenses.layerwise import NonFiniteLoss
     from qcbench.metrics import evaluate
     from qcbench.quant import calibrate, quantize_model
@@ -660,12 +646,15 @@ def purify(
     t_start = time.perf_counter()
     wall: dict[str, float] = {}
     t0 = time.perf_counter()
-    inputs = check_inputs(
-        checkpoint, images, out, arch=arch, num_classes=num_classes, in_channels=in_channels, mean=mean,
-        std=std, arch_kwargs=arch_kwargs, bits=bits, scheme=scheme, defense=defense, params=params,
-        iterations=iterations, labeled=labeled, trigger=trigger, target=target, max_images=max_images,
-        calib_images=calib_images, threads=threads, device=device,
-    )  # fmt: skip
+    try:
+        bound = inspect.signature(check_inputs).bind(checkpoint, images, out, **options)
+    except TypeError as err:
+        raise PurifyError(f"purify: {err}") from None
+    bound.apply_defaults()
+    o = bound.arguments
+    inputs = check_inputs(**o)
+    bits, scheme, defense, labeled = o["bits"], o["scheme"], o["defense"], o["labeled"]
+    trigger, target, calib_images, threads = o["trigger"], o["target"], o["calib_images"], o["threads"]
     out, device, x, method, qscheme, meta = (
         inputs.out, inputs.device, inputs.x, inputs.method, inputs.qscheme, inputs.meta
     )  # fmt: skip
