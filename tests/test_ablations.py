@@ -197,10 +197,13 @@ def test_shipped_configs_define_every_ablation_and_fig2():
         # lac_early: a convergence criterion on the reference code's iteration cap
         early = cfg["defenses"]["lac_early"]
         assert early["early_stop"]["window"] > 0 and early["iterations"] == 10000
-        # the schemes table: LAC+PDA in the reference code's academic quantizer differs from lac
-        # in that scheme only, beside the same quantizer without defense
-        assert {k: v for k, v in cfg["defenses"]["lac_academic"].items() if k != "scheme"} == lac
-        assert cfg["defenses"]["academic"] == {"method": "requantize", "scheme": "mqbench_academic"}
+        # the schemes table: LAC+PDA and EFRAP in the attacker's quantizer differ from lac and
+        # efrap in that scheme only, beside the same quantizer without defense
+        assert {k: v for k, v in cfg["defenses"]["lac_attacker"].items() if k != "scheme"} == lac
+        efrap = {k: v for k, v in cfg["defenses"]["efrap_attacker"].items() if k != "scheme"}
+        assert efrap == cfg["defenses"]["efrap"]
+        assert cfg["defenses"]["none_attacker"] == {"method": "requantize", "scheme": "attacker"}
+        assert cfg["quant"]["deployer_scheme"] == "mqbench_academic"
 
 
 def test_config_names_a_missing_ablation_entry():

@@ -152,8 +152,10 @@ def test_labels_resolve_entry_method_class_and_the_entrys_switches():
         "ftsam_pda": "FT-SAM + PDA",
     }  # fmt: skip
     assert defense_label(cfg, "lac_g1e-4", ours=False) == "LAC+PDA"  # a variant of LAC+PDA: its method's label
-    assert defense_label(cfg, "academic") == "no defense, in mqbench_academic"  # requantize in a deployer's scheme
-    assert defense_label(cfg, "lac_academic", ours=False) == "LAC+PDA, in mqbench_academic"
+    assert defense_label(cfg, "none_attacker") == "no defense, in the attacker's quantizer"  # requantize there
+    assert defense_label(cfg, "lac_attacker", ours=False) == "LAC+PDA, in the attacker's quantizer"
+    named = {"defenses": {"lac_ca": {"method": "lac", "scheme": "ca"}}}
+    assert defense_label(named, "lac_ca", ours=False) == "LAC+PDA, in ca"  # a named scheme family
     assert defense_label({}, "lac") == "LAC+PDA (ours)"  # an entry named after its method needs no config
     assert defense_label(cfg, "no_such_defense") == "no_such_defense"
 

@@ -103,3 +103,22 @@ def test_registered_and_shipped_configs_validate_the_thresholds():
     cfg["verdicts"] = {"dormant_asr": 120}
     with pytest.raises(Exception, match="dormant_asr|120"):
         check_config(cfg, workdir=ROOT)
+
+
+def test_fires_reads_the_no_defense_row_in_the_attacks_own_scheme():
+    """With the cells in a deployer's quantizer, "fires" reads the `requantize` row in the attack's
+    own scheme (scheme column), not the deployer's `none` row; "–" where it is not produced."""
+    df = _frame(q_asr=1.0).assign(scheme="mqbench_academic")
+    own = pd.DataFrame([_row("pq", 8, "none_attacker", 88.0, 96.0)]).assign(scheme="pq")
+    both = pd.concat([df, own], ignore_index=True)
+    t = thresholds({})
+    assert cell_verdicts(both, "pq", 8, 0, [], t, "pq", ["none_attacker"])["fires"] == (True, "96.00")
+    assert cell_verdicts(both, "pq", 8, 0, [], t)["fires"] == (False, "1.00")  # no own scheme given: `none`
+    assert cell_verdicts(df, "pq", 8, 0, [], t, "pq", ["none_attacker"])["fires"] == (None, "–")
+    # the cells already in the attack's scheme: the `none` row is the one
+    assert cell_verdicts(df, "pq", 8, 0, [], t, "mqbench_academic", ["none_attacker"])["fires"] == (False, "1.00")
+    cfg = CONFIG | {"quant": {"default_scheme": "qa", "deployer_scheme": "mqbench_academic"},
+                    "attacks": {"pq": {"method": "pqbackdoor", "scheme": "pq"}},  # resolved: the class's scheme
+                    "defenses": {"none_attacker": {"method": "requantize", "scheme": "attacker"}}}  # fmt: skip
+    md = render("verdicts", TableContext(both, cfg))["md"]
+    assert "✓ 96.00" in md

@@ -12,12 +12,18 @@ except ImportError:  # a checkout without the package installed
     sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "src"))
 
 from qcbench.backends import BACKENDS
-from qcbench.attacks import cell_bits, init_source
+from qcbench.attacks import init_source
 from qcbench.config import ConfigError, check_config, resolve_methods
 from qcbench.defenses import is_fp_defense
 from qcbench.figures import FIGURES, figure_inputs, figure_names
 from qcbench.package_data import CONFIG_SCHEMA, PAPER_REFERENCE
-from qcbench.plan import ablation_cells, no_defense_entries, with_references
+from qcbench.plan import (
+    ablation_cells,
+    main_cells,
+    no_defense_entries,
+    with_attacker_rows,
+    with_references,
+)
 from qcbench.tables import TABLES, table_inputs
 
 # shipped inside the package: the config schema and the paper's reported numbers, joined into
@@ -105,37 +111,15 @@ def undefended_model(wc):
 
 
 def cell_metrics():
-    """Every metrics file `all` needs: clean and attacked FP models, each bit width without and
-    with each defense, the ablation tables' cells and the DER reference cells."""
-    out = []
-    for ds in RUN["datasets"]:
-        for arch in RUN["archs"]:
-            for seed in RUN["seeds"]:
-                base = f"results/{ds}/{arch}"
-                out.append(f"{base}/clean/w32/none/seed{seed}/metrics.parquet")
-                for atk in RUN["attacks"]:
-                    out.append(f"{base}/{atk}/w32/none/seed{seed}/metrics.parquet")
-                    for d in RUN["defenses"]:
-                        if d in FP_DEFENSES:  # the purified FP model itself
-                            out.append(
-                                f"{base}/{atk}/w32/{d}/seed{seed}/metrics.parquet"
-                            )
-                    bits_of = cell_bits(config["attacks"][atk], RUN["bits"])
-                    for bits in bits_of:
-                        for d in ["none", *RUN["defenses"]]:
-                            out.append(
-                                f"{base}/{atk}/w{bits}/{d}/seed{seed}/metrics.parquet"
-                            )
-                    if 8 in bits_of:
-                        for b in config["eval"].get("backends", []):
-                            out.append(
-                                f"{base}/{atk}/w8/none/seed{seed}/metrics.{b}.parquet"
-                            )
-    # the cells of the ablation tables in run.ablations (qcbench.plan) and of Table 6 (PDA as
-    # a plug-in: workflow/rules/common/detection.smk), each once, and beside each cell defended
-    # in a deployer's scheme the no-defense cell of that scheme its DER is rated against
+    """Every metrics file `all` needs: the main grid (qcbench.plan.main_cells), beside each QCB
+    no-defense cell quantized in another scheme than its attack's that cell in the attack's own
+    scheme (the verdicts' "fires"); the cells of the ablation tables in run.ablations and of
+    Table 6 (PDA as a plug-in: workflow/rules/common/detection.smk); each once, and beside each
+    cell defended in a named scheme the no-defense cell of that scheme its DER is rated against.
+    """
+    main = with_attacker_rows(config, main_cells(config, FP_DEFENSES))
     return with_references(
-        config, out + ablation_cells(config, FP_DEFENSES) + table6_metrics()
+        config, main + ablation_cells(config, FP_DEFENSES) + table6_metrics()
     )
 
 

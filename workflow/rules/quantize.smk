@@ -1,5 +1,6 @@
-# Quantize an FP model (the attacked one, or one purified by an FP-level defense) with its
-# attack's scheme at {bits}, calibrated on the defender subset.
+# Quantize an FP model (the attacked one, or one purified by an FP-level defense) at {bits} with
+# the cell's scheme (qcbench.cells.scheme_name: the deployer's, else the attack's), calibrated on
+# the defender subset.
 rule quantize:
     input:
         data=data_file,

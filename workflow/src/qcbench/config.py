@@ -94,6 +94,7 @@ def _init(attacks: dict, name: str) -> str:
 def semantic_errors(cfg: dict, workdir: str | Path = ".") -> list[str]:
     from qcbench.attacks import ATTACKS
     from qcbench.attacks.base import BUILT_IN_INITS, unread_keys
+    from qcbench.cells import ATTACKER
     from qcbench.data import DATASETS
     from qcbench.defenses import DEFENSES
     from qcbench.detection.checks import detection_errors
@@ -167,10 +168,10 @@ def semantic_errors(cfg: dict, workdir: str | Path = ".") -> list[str]:
             )
         else:
             params = {k: v for k, v in spec.items() if k not in ("method", "scheme")}
-            if "scheme" in spec and spec["scheme"] not in SCHEMES:
+            if "scheme" in spec and spec["scheme"] not in SCHEMES and spec["scheme"] != ATTACKER:
                 out.append(
                     f"config key 'defenses.{name}.scheme': unknown scheme {spec['scheme']!r}; "
-                    f"registered: {SCHEMES.names()}"
+                    f"registered: {SCHEMES.names()}, or {ATTACKER!r} (the attack's own)"
                 )
             elif spec.get("scheme") is not None and der_reference(cfg, name) is None:
                 s = spec["scheme"]
@@ -190,11 +191,10 @@ def semantic_errors(cfg: dict, workdir: str | Path = ".") -> list[str]:
             out.append(f"config key 'eval.backends.{i}': unknown backend {backend!r}; registered: {BACKENDS.names()}")
     out += detection_errors(cfg)
     out += ablation_errors(cfg)
-    if cfg["quant"]["default_scheme"] not in SCHEMES:
-        out.append(
-            f"config key 'quant.default_scheme': unknown scheme {cfg['quant']['default_scheme']!r}; "
-            f"registered: {SCHEMES.names()}"
-        )
+    for key in ("default_scheme", "deployer_scheme"):
+        value = cfg["quant"].get(key)
+        if value is not None and value not in SCHEMES:
+            out.append(f"config key 'quant.{key}': unknown scheme {value!r}; registered: {SCHEMES.names()}")
     from qcbench.figures import config_errors as figure_errors
 
     out += figure_errors(cfg)

@@ -5,9 +5,14 @@ The config's ``ablations:`` section names, per paper table, the cells it needs (
 ``run.ablations`` lists the tables whose cells ``all`` builds. :func:`ablation_cells` turns them
 into metrics paths (every attack's FP model and no-defense cells included), which the workflow
 adds to the main run's cells; the generic attack/quantize/defend/evaluate rules build them. The
-tables themselves are rendered by :mod:`qcbench.tables`. A defense entry that names a deployer's
-``scheme`` is rated (DER) against the no-defense cell of that scheme, a ``requantize`` entry
-(:func:`der_reference`); :func:`with_references` plans that cell beside it.
+tables themselves are rendered by :mod:`qcbench.tables`. :func:`main_cells` plans the main grid
+(``run:``), each defense on the cells ``run.defense_cells`` allows it.
+
+Every cell is quantized as :func:`qcbench.cells.scheme_name` says: in ``quant.deployer_scheme``
+when set, else in the attack's own scheme, unless its defense entry names a ``scheme``
+(``attacker``: the attack's own). A defense entry without ``scheme`` is rated (DER) against the
+``none`` row; one that names a ``scheme`` against the no-defense cell of that scheme, a
+``requantize`` entry (:func:`der_reference`); :func:`with_references` plans that cell beside it.
 """
 
 from __future__ import annotations
@@ -122,7 +127,8 @@ def no_defense_entries(cfg: Mapping) -> list[str]:
 
 def der_reference(cfg: Mapping, defense: str) -> str | None:
     """The defense whose row of the same quantized cell is ``defense``'s no-defense reference for
-    DER: "none" (the attack's own scheme) unless the entry names a deployer's ``scheme`` S, then the
+    DER: "none" (the cell's own quantizer: the deployer's when ``quant.deployer_scheme`` is set,
+    else the attack's) unless the entry names a ``scheme`` S (``attacker`` included), then the
     first no-defense entry in S (the cell's FP model quantized with S, no defense), or None when
     the config has none (its DER is then NaN; :func:`qcbench.config.check_config` refuses a run
     that uses such an entry). A 32-bit row's reference is always the FP model ("none")."""
@@ -147,6 +153,97 @@ def with_references(cfg: Mapping, paths: list[str]) -> list[str]:
         m = _METRICS.fullmatch(path)
         if m and m["bits"] != "32" and (ref := der_reference(cfg, m["defense"])) not in (None, "none"):
             out.append(f"results/{m['cell']}/w{m['bits']}/{ref}/{m['seed']}/metrics.parquet")
+    return list(dict.fromkeys(out))
+
+
+def defense_cells(cfg: Mapping, defense: str) -> dict:
+    """The restriction ``run.defense_cells.<defense>`` (``attacks``, ``bits``, ``seeds``, each a
+    subset of ``run``'s; a key absent: all of them), ``{}`` when there is none."""
+    return dict(((cfg.get("run") or {}).get("defense_cells") or {}).get(defense) or {})
+
+
+def runs_on(cfg: Mapping, defense: str, attack: str, bits: int | None = None, seed: int | None = None) -> bool:
+    """Whether the main grid has ``defense``'s cell of (``attack``, ``bits``, ``seed``) under
+    ``run.defense_cells`` (a None coordinate is not checked); "none" runs everywhere."""
+    only = defense_cells(cfg, defense)
+    return all(
+        value is None or key not in only or value in only[key]
+        for key, value in (("attacks", attack), ("bits", bits), ("seeds", seed))
+    )
+
+
+def main_cells(cfg: Mapping, fp_defenses=()) -> list[str]:
+    """Metrics files of the main grid (``run:``), in order: per (dataset, arch, seed) the clean
+    model, then per attack its FP model, the purified FP models of the FP-level defenses in
+    ``fp_defenses`` (where the defense has a quantized cell of that attack and seed), each bit
+    width the attack has a cell at without and with each defense (``run.defense_cells`` limits
+    a defense to some attacks, bit widths or seeds) and its 8-bit cells' real-runtime rows
+    (``eval.backends``)."""
+    from qcbench.attacks import cell_bits
+
+    run, out = cfg["run"], []
+    backends = (cfg.get("eval") or {}).get("backends") or []
+    for ds in run["datasets"]:
+        for arch in run["archs"]:
+            for seed in run["seeds"]:
+                base = f"results/{ds}/{arch}"
+                out.append(f"{base}/clean/w32/none/seed{seed}/metrics.parquet")
+                for atk in run["attacks"]:
+                    bits_of = cell_bits(attack_spec(cfg, atk), run["bits"])
+                    out.append(f"{base}/{atk}/w32/none/seed{seed}/metrics.parquet")
+                    for d in run["defenses"]:
+                        if d in fp_defenses and any(runs_on(cfg, d, atk, b, seed) for b in bits_of):
+                            out.append(f"{base}/{atk}/w32/{d}/seed{seed}/metrics.parquet")
+                    for bits in bits_of:
+                        for d in ["none", *run["defenses"]]:
+                            if runs_on(cfg, d, atk, bits, seed):
+                                out.append(f"{base}/{atk}/w{bits}/{d}/seed{seed}/metrics.parquet")
+                    if 8 in bits_of:
+                        out += [f"{base}/{atk}/w8/none/seed{seed}/metrics.{b}.parquet" for b in backends]
+    return out
+
+
+def attacker_no_defense(cfg: Mapping) -> str | None:
+    """The first ``requantize`` entry in the attacker's scheme (``scheme: attacker``): the row that
+    shows a cell in the quantizer its attack is built against, without defense; None if none."""
+    from qcbench.cells import ATTACKER
+
+    return next((n for n in no_defense_entries(cfg) if cfg["defenses"][n].get("scheme") == ATTACKER), None)
+
+
+def is_qcb(method: str) -> bool:
+    """Whether a registered attack method plants a quantization-conditioned backdoor: it is built
+    against a quantization scheme (plain backdoors such as BadNets set ``scheme = None``) and is
+    not a clean training recipe (``clean_qat`` sets ``plants_backdoor = False``)."""
+    from qcbench.attacks import ATTACKS
+
+    if method not in ATTACKS:
+        return False
+    cls = ATTACKS.get(method)
+    return getattr(cls, "scheme", None) is not None and getattr(cls, "plants_backdoor", True)
+
+
+def with_attacker_rows(cfg: Mapping, paths: list[str]) -> list[str]:
+    """``paths``, each quantized no-defense cell ("none") of a QCB attack (:func:`is_qcb`) whose
+    quantizer is not the attack's own (``quant.deployer_scheme`` set to another scheme) followed
+    by the same cell in the attack's own scheme (:func:`attacker_no_defense`), so the verdicts
+    can say whether the backdoor fires where it was built to; ``paths`` unchanged when the
+    config has no such entry."""
+    from qcbench.cells import ATTACKER, scheme_name
+
+    entry = attacker_no_defense(cfg)
+    if entry is None:
+        return paths
+    out: list[str] = []
+    for path in paths:
+        out.append(path)
+        m = _METRICS.fullmatch(path)
+        if not m or m["bits"] == "32" or m["defense"] != "none":
+            continue
+        attack = m["cell"].rsplit("/", 1)[1]
+        spec = attack_spec(cfg, attack)
+        if is_qcb(spec.get("method", attack)) and scheme_name(cfg, spec) != scheme_name(cfg, spec, ATTACKER):
+            out.append(f"results/{m['cell']}/w{m['bits']}/{entry}/{m['seed']}/metrics.parquet")
     return list(dict.fromkeys(out))
 
 
@@ -190,10 +287,34 @@ def config_errors(cfg: Mapping) -> list[str]:
         for ds in spec["datasets"]:
             if ds not in (cfg.get("clean") or {}) and ds not in (cfg.get("run") or {}).get("datasets", []):
                 out.append(f"config key 'clean': no training settings for dataset {ds!r} (ablations.{t})")
+    out += _defense_cells_errors(cfg)
     fig2 = (cfg.get("figures") or {}).get("fig2")
     if fig2:
         if (cfg["defenses"].get("lac") or {}).get("method") != "lac":
             out.append("config key 'figures.fig2': needs a defense 'lac' of method 'lac' (LAC+PDA) under 'defenses'")
+    return out
+
+
+def _defense_cells_errors(cfg: Mapping) -> list[str]:
+    """``run.defense_cells``: each entry names a defense entry, its attacks attack entries, and a
+    defense of ``run.defenses`` keeps at least one of ``run``'s attacks, bit widths and seeds."""
+    run, out = cfg.get("run") or {}, []
+    for d, only in (run.get("defense_cells") or {}).items():
+        key = f"run.defense_cells.{d}"
+        if d not in (cfg.get("defenses") or {}):
+            out.append(f"config key '{key}': {d!r} has no entry under 'defenses'")
+            continue
+        only = only or {}
+        out += [
+            f"config key '{key}.attacks.{i}': attack {a!r} has no entry under 'attacks'"
+            for i, a in enumerate(only.get("attacks") or [])
+            if a not in (cfg.get("attacks") or {})
+        ]
+        if d not in (run.get("defenses") or []):
+            continue  # not run: nothing to restrict (an overlay may drop it from run.defenses)
+        for field, values in only.items():
+            if values and not set(values) & set(run.get(field) or []):
+                out.append(f"config key '{key}.{field}': {values} leaves {d!r} no cell of run.{field} {run.get(field)}")
     return out
 
 

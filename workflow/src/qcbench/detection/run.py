@@ -52,7 +52,8 @@ def attack_of(cfg: dict, meta: dict, attack: str) -> tuple[dict, float]:
 
 
 def model_at(cfg: dict, model, meta: dict, precision: str, splits):
-    """The model at ``precision``; the simulated ones use the cell's scheme (the attack's, else
+    """The model at ``precision``; the simulated ones use the cell's scheme
+    (:func:`qcbench.cells.scheme_name`: ``quant.deployer_scheme``, else the attack's, else
     ``quant.default_scheme``), calibrated as the quantize stage does."""
     bits = check_precision(precision)
     if bits is None:

@@ -57,21 +57,25 @@ def paper_pair(ctx, table, ref, attack, bits, defense, variant="", metrics=("ba"
     return [ctx.paper.value(table, m, ref[0], ref[1], attack, bits, defense, variant) for m in metrics]
 
 
-def model_rows(ctx: TableContext, spec: dict) -> list[tuple[str, int, str, str]]:
-    """(label, bits, defense, backend) rows: the FP model, then per bit width no defense, at 8 bits
-    each of the entry's real runtimes (FP model through the runtime's PTQ), and each defense."""
+def model_rows(ctx: TableContext, spec: dict, none_label: str = "no defense") -> list[tuple[str, int, str, str]]:
+    """(label, bits, defense, backend) rows: the FP model, then per bit width no defense (labelled
+    ``none_label``), at 8 bits each of the entry's real runtimes (FP model through the runtime's
+    PTQ), and each defense."""
     rows = [("Full precision", 32, "none", "sim")]
     for b in spec["bits"]:
-        rows.append((f"{b}-bit, no defense", b, "none", "sim"))
+        rows.append((f"{b}-bit, {none_label}", b, "none", "sim"))
         if b == 8:
             rows += [(f"8-bit, {r} (real int8 runtime)", b, "none", r) for r in spec.get("backends", [])]
         rows += [(f"{b}-bit, {defense_label(ctx.config, d, ours=False)}", b, d, "sim") for d in spec["defenses"]]
     return rows
 
 
-def model_block(ctx, table, title, spec, variant_of, metrics=("ba", "asr"), paper_bits=True, column_of=None, note=""):
+def model_block(
+    ctx, table, title, spec, variant_of, metrics=("ba", "asr"), paper_bits=True, column_of=None, note="",
+    none_label=None,
+):  # fmt: skip
     """The layout of Tables 7, 9, 10, 12 and ``schemes``: rows = FP model and (bits, defense), columns = attacks;
-    ``note`` ends each caption."""
+    ``note`` ends each caption; ``none_label`` names the no-defense rows (:func:`model_rows`)."""
     df = metrics_of(ctx)
     tid = table.replace("table", "T")
     column_of = column_of or (lambda a: a)
@@ -80,7 +84,7 @@ def model_block(ctx, table, title, spec, variant_of, metrics=("ba", "asr"), pape
         sub = pick(df, dataset=ds, arch=arch)
         sub = sub[sub.seed.isin(spec["seeds"])] if not sub.empty else sub
         body = []
-        for label, bits, d, backend in model_rows(ctx, spec):
+        for label, bits, d, backend in model_rows(ctx, spec, none_label or "no defense"):
             line = [label]
             for a in spec["attacks"]:
                 if bits != 32 and not cell_bits(attack_spec(ctx.config, a), [bits]):

@@ -34,6 +34,8 @@ TABLES = Registry("table")
 NOT_PRODUCED = "not yet produced"
 #: the row label of the undefended model ("none" is no config entry)
 NO_DEFENSE = "No defense"
+#: how a label names the attack's own quantizer (a defense entry's ``scheme: attacker``)
+ATTACKER_QUANTIZER = "the attacker's quantizer"
 #: the mark of the paper's own method in a label (e.g. "LAC+PDA (ours)"); HTML highlights its rows
 OURS = " (ours)"
 
@@ -145,8 +147,9 @@ def defense_label(config: Mapping, name: str, ours: bool = True) -> str:
     """The display name of defense entry ``name``: "No defense" for ``none``; else the ``label``
     of the registered class behind its ``method`` (``defenses.<name>.method``, default the name
     itself), or the class's ``label_without_pda`` when the entry turns ``pda`` off; ", in
-    <scheme>" follows when the entry quantizes with a deployer's ``scheme``. A name whose method
-    is not registered stands for itself. ``ours=False`` drops the " (ours)" mark."""
+    <scheme>" follows when the entry names a ``scheme`` (", in the attacker's quantizer" for
+    ``attacker``). A name whose method is not registered stands for itself. ``ours=False`` drops
+    the " (ours)" mark."""
     if name == "none":
         return NO_DEFENSE
     from qcbench.defenses import DEFENSES
@@ -159,7 +162,12 @@ def defense_label(config: Mapping, name: str, ours: bool = True) -> str:
         label = getattr(cls, "label_without_pda", label)
     if not ours:
         label = label.replace(OURS, "")
-    return f"{label}, in {spec['scheme']}" if spec.get("scheme") else label
+    scheme = spec.get("scheme")
+    if not scheme:
+        return label
+    from qcbench.cells import ATTACKER
+
+    return f"{label}, in {ATTACKER_QUANTIZER if scheme == ATTACKER else scheme}"
 
 
 # our defense names -> the paper's (qcbench/reference/paper-reference.md); FP rows of "none" are "none_fp"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from qcbench.attacks import cell_bits
-from qcbench.plan import attack_spec
+from qcbench.plan import attack_spec, runs_on
 from qcbench.tables._base import (
     NO_DEFENSE,
     PAPER_DEFENSES,
@@ -44,25 +44,47 @@ def _paper_grid(ctx: TableContext, table: str, dataset: str, arch: str):
     return defenses, sorted(columns, key=lambda c: -c[0])
 
 
+def _seeds_text(seeds) -> str:
+    return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, seeds))
+
+
 def _defense_block(ctx, table, label, dataset, arch, q, ref, rows, columns, seeds) -> Block:
-    """One T1-style block: rows = defenses, columns = (bits, attack config name), BA / ASR / DER."""
+    """One T1-style block: rows = defenses, columns = (bits, attack config name), BA / ASR / DER.
+    A row run on fewer seeds than the block (``run.defense_cells``) names its seeds; a cell that
+    ``run.defense_cells`` leaves out reads "–"."""
+    from qcbench.cells import quantizer_of_cells
+
     groups = {k: g for k, g in q.groupby(["defense", "bits", "attack"])}
-    body = []
+    body, fewer, left_out = [], False, False
     for d in rows:
         line = [defense_label(ctx.config, d)]
+        have = sorted(int(s) for s in q[q.defense == d].seed.unique())
+        if d != "none" and have and seeds and have != list(seeds):
+            line[0] += f" ({_seeds_text(have)})"
+            fewer = True
         for b, a in columns:
             metrics = ("ba", "asr") if d == "none" else ("ba", "asr", "der")
             paper = [ctx.paper.value(table, m, *ref, attack_method(ctx, a), b, paper_defense(d, b)) for m in metrics]
+            if d != "none" and not runs_on(ctx.config, d, a, int(b)):
+                line.append(with_paper("–", paper))
+                left_out = True
+                continue
             line.append(with_paper(cell(groups.get((d, b, a)), metrics), paper))
         body.append(line)
     over = f"mean ± std over seeds {seeds}" if seeds else "mean ± std over seeds"
     caption = (
         f"{label} ({dataset}, {arch}): BA / ASR / DER in %, {over}. "
-        "ASR excludes target-class images; DER against the no-defense quantized model."
+        "ASR excludes target-class images; DER against the no-defense quantized model. "
+        + quantizer_of_cells(ctx.config)
         + setting_note(dataset, arch, ref)
     )
+    notes = []
+    if fewer:
+        notes.append("A row run on fewer seeds (config key run.defense_cells) names its seeds.")
+    if left_out:
+        notes.append("–: a cell config key run.defense_cells leaves out of the run.")
     header = ["Defense"] + [f"{b}-bit {a}" for b, a in columns]
-    return Block(caption, header, body)
+    return Block(caption, header, body, " ".join(notes))
 
 
 def _main_grid(df: pd.DataFrame, run: dict) -> pd.DataFrame:
@@ -143,7 +165,10 @@ def _defense_tables(ctx: TableContext, table: str, label: str, datasets=None, ex
 def table1(ctx: TableContext) -> list[Block]:
     """Paper Table 1 layout: rows are defenses, column groups bits × attack, cells
     BA / ASR / DER (mean ± std over seeds), the paper's numbers beside ours. One block per
-    (dataset, arch) (Tiny-ImageNet goes to Table 2), plus the full-precision models."""
+    (dataset, arch) (Tiny-ImageNet goes to Table 2), plus the full-precision models. The cells
+    are in the deployer's quantizer (``quant.deployer_scheme``, as the paper quantizes every
+    model), else in each attack's own; the caption says which. The ``schemes`` table shows the
+    attacks in their own quantizers."""
     return _defense_tables(ctx, "T1", "Table 1", exclude=TABLE2_DATASETS)
 
 
@@ -223,6 +248,8 @@ def table11(ctx: TableContext) -> list[Block]:
 def table8(ctx: TableContext) -> list[Block]:
     """Paper Table 8: full-precision BA / ASR per attack and the clean model; and each attack's
     8-bit ASR under the simulated quantizer beside the real int8 runtimes (no defense)."""
+    from qcbench.cells import quantizer_of_cells
+
     blocks = []
     for (dataset, arch), sub in ctx.metrics.groupby(["dataset", "arch"], sort=True):
         ref = reference_setting(ctx, "T8", dataset, arch)
@@ -251,9 +278,9 @@ def table8(ctx: TableContext) -> list[Block]:
         real = [[a] + [cell(q8[(q8.attack == a) & (q8.backend == b)], ("ba", "asr")) for b in backends] for a in rows]
         rheader = ["Attack (8-bit, no defense)"] + [("simulated" if b == "sim" else b) + " BA / ASR" for b in backends]
         rcap = (
-            f"Table 8b ({dataset}, {arch}): simulated 8-bit quantizer (the attack's own scheme) vs real int8 "
-            "runtimes (PTQ of the FP model, calibrated on the defender subset), mean ± std over seeds "
-            f"{sorted(int(x) for x in q8.seed.unique())}."
+            f"Table 8b ({dataset}, {arch}): simulated 8-bit quantizer vs real int8 runtimes (PTQ of the FP "
+            "model, calibrated on the defender subset), mean ± std over seeds "
+            f"{sorted(int(x) for x in q8.seed.unique())}. " + quantizer_of_cells(ctx.config, "Simulated quantizer")
         )
         blocks.append(Block(rcap, rheader, real))
     return blocks

@@ -1,9 +1,8 @@
-"""The ``schemes`` table: each attack in the quantizer it was built against and in a deployer's,
-its cells from the config entry ``ablations.schemes``."""
+"""The ``schemes`` table: each attack in the attacker's deployment quantizer, the scheme it is
+built against, its cells from the config entry ``ablations.schemes``."""
 
 from __future__ import annotations
 
-from qcbench.attacks import declared_scheme
 from qcbench.plan import attack_spec, table_spec
 from qcbench.tables._ablation import model_block, unconfigured
 from qcbench.tables._base import Block, TableContext, register_table
@@ -11,21 +10,27 @@ from qcbench.tables._base import Block, TableContext, register_table
 
 @register_table("schemes")
 def schemes(ctx: TableContext) -> list[Block]:
-    """Each attack in the quantizer it was built against and in a deployer's: the entry's
-    defenses that name a ``scheme`` (``requantize``: no defense; LAC+PDA …) quantize the FP model
-    with that family instead of the attack's (:mod:`qcbench.defenses.requantize`). It shows
-    whether a backdoor fires outside its own quantizer, and whether LAC+PDA keeps the FP model's
-    BA within a point on the grid it may round to."""
+    """Each attack in the quantizer it is built against (its declared scheme, the column header),
+    where Table 1 shows it in the deployer's (``quant.deployer_scheme``): the entry's defenses
+    name ``scheme: attacker`` (``requantize``: no defense there; LAC+PDA, EFRAP), quantizing the
+    FP model with the attack's own family (:mod:`qcbench.defenses.requantize`). Beside them the
+    no-defense row of the deployer's quantizer. It shows whether a backdoor fires in its own
+    quantizer and whether the defenses remove it there."""
+    from qcbench.cells import ATTACKER, scheme_name
+
     spec = table_spec(ctx.config, "schemes")
+    title = "The attacker's deployment quantizer"
     if spec is None:
-        return unconfigured("schemes", "Quantizers (attack's vs deployer's)")
+        return unconfigured("schemes", title)
 
-    def own(a: str) -> str:  # the attack's declared scheme, as the quantize stage picks it
-        return declared_scheme(attack_spec(ctx.config, a), (ctx.config.get("quant") or {}).get("default_scheme"))
+    def own(a: str) -> str:  # the attack's own scheme, as the quantize and defend stages pick it
+        return scheme_name(ctx.config, attack_spec(ctx.config, a), ATTACKER)
 
+    deployer = (ctx.config.get("quant") or {}).get("deployer_scheme")
     return model_block(
-        ctx, "schemes", "Quantizers: each attack in its own scheme and in the deployer's", spec,
+        ctx, "schemes", f"{title}: each attack in the scheme it is built against", spec,
         lambda a: "", column_of=lambda a: f"{a} ({own(a)}) BA / ASR",
-        note=" Rows without \"in <scheme>\" use the attack's own scheme (in the column header); "
-        "\"–\": the attack is not built for that bit width.",
+        none_label=f"no defense, in the deployer's quantizer ({deployer})" if deployer else "no defense",
+        note=" Rows \"in the attacker's quantizer\" quantize the FP model with the attack's own scheme "
+        "(in the column header); \"–\": the attack is not built for that bit width.",
     )  # fmt: skip

@@ -8,8 +8,10 @@ and a defense against it must meet):
 - **BA kept**: the attacked FP model's BA is at most ``ba_gap`` points under the clean model of
   the same seed;
 - **dormant**: the FP model's ASR is at most ``dormant_asr``;
-- **fires**: the simulated quantized model (the attack's own scheme, no defense) reaches
-  ``fires_asr``;
+- **fires**: the simulated quantized model in the attack's own scheme (the quantizer it is built
+  against), no defense, reaches ``fires_asr``: the ``none`` row when the cells are in that
+  scheme, else the row of a ``requantize`` entry with ``scheme: attacker``
+  (:func:`qcbench.plan.with_attacker_rows` plans it);
 - **fires in a runtime** (8-bit cells with real-backend rows): the highest ASR over the real int8
   runtimes, with the runtime's name;
 - **purified**, one column per defense of ``run.defenses``: ASR at most ``purified_asr`` and BA
@@ -25,23 +27,13 @@ from __future__ import annotations
 
 import pandas as pd
 
-from qcbench.attacks import ATTACKS
+from qcbench.plan import is_qcb
 from qcbench.tables._base import Block, TableContext, attack_method, pick, register_table
 
 #: the bars (FP ASR ≤ 10 %, quantized ASR ≥ 90 %, FP BA within 3 points of the clean
 #: model; after a defense ASR ≤ 2 % and BA ≥ FP BA − 1 point)
 DEFAULTS = {"ba_gap": 3.0, "dormant_asr": 10.0, "fires_asr": 90.0, "purified_asr": 2.0, "purified_ba_drop": 1.0}
 NA = "–"
-
-
-def is_qcb(method: str) -> bool:
-    """Whether a registered attack method plants a quantization-conditioned backdoor: it is built
-    against a quantization scheme (plain backdoors such as BadNets set ``scheme = None``) and is
-    not a clean training recipe (``clean_qat`` sets ``plants_backdoor = False``)."""
-    if method not in ATTACKS:
-        return False
-    cls = ATTACKS.get(method)
-    return getattr(cls, "scheme", None) is not None and getattr(cls, "plants_backdoor", True)
 
 
 def thresholds(config) -> dict[str, float]:
@@ -59,13 +51,31 @@ def _one(df: pd.DataFrame, **keys) -> pd.Series | None:
     return None if df.empty else df.iloc[0]
 
 
-def cell_verdicts(m: pd.DataFrame, attack: str, bits: int, seed: int, defenses: list[str], t: dict) -> dict:
+def _own_scheme_row(sim: pd.DataFrame, attack: str, bits: int, seed: int, own, no_defense) -> pd.Series | None:
+    """The no-defense row of a cell in the attack's own scheme ``own``: among the no-defense
+    entries ``no_defense`` ("none" first) the first whose row is in ``own``; without ``own`` (or
+    a ``scheme`` column) the "none" row."""
+    rows = pick(sim, attack=attack, bits=bits, seed=seed)
+    if own is None or "scheme" not in rows.columns:
+        return _one(rows, defense="none")
+    for d in ["none", *no_defense]:
+        r = _one(rows[rows.scheme == own], defense=d)
+        if r is not None:
+            return r
+    return None
+
+
+def cell_verdicts(
+    m: pd.DataFrame, attack: str, bits: int, seed: int, defenses: list[str], t: dict, own=None, no_defense=()
+) -> dict:
     """The checks of one (attack, bits, seed) cell of one (dataset, arch) frame ``m``: a dict
-    check name -> (passed: bool | None, shown text). ``None`` = the rows it needs are missing."""
+    check name -> (passed: bool | None, shown text). ``None`` = the rows it needs are missing.
+    ``own``: the attack's own scheme, whose no-defense row (``none`` or one of the ``requantize``
+    entries ``no_defense``) the "fires" check reads; None: the ``none`` row."""
     sim = m[m.backend == "sim"]
     fp = _one(sim, attack=attack, bits=32, defense="none", seed=seed)
     clean = _one(sim, attack="clean", bits=32, defense="none", seed=seed)
-    q = _one(sim, attack=attack, bits=bits, defense="none", seed=seed)
+    q = _own_scheme_row(sim, attack, bits, seed, own, no_defense)
     out: dict[str, tuple[bool | None, str]] = {}
     if fp is not None and clean is not None:
         gap = float(fp.ba - clean.ba)
@@ -94,7 +104,11 @@ def cell_verdicts(m: pd.DataFrame, attack: str, bits: int, seed: int, defenses: 
 def verdicts(ctx: TableContext) -> list[Block]:
     """One block per (dataset, arch): a row per QCB attack × bit width × seed, a column per check
     (module docstring); the note counts passes per check."""
+    from qcbench.cells import ATTACKER, scheme_name
+    from qcbench.plan import attack_spec, no_defense_entries
+
     t = thresholds(ctx.config)
+    no_defense = no_defense_entries(ctx.config)
     run = ctx.config.get("run") or {}
     defenses = [d for d in (run.get("defenses") or []) if d != "none"]
     m = ctx.metrics
@@ -104,7 +118,8 @@ def verdicts(ctx: TableContext) -> list[Block]:
         q = sub[(sub.backend == "sim") & (sub.defense == "none") & (sub.bits != 32) & sub.attack.isin(attacks)]
         body, tally = [], {}
         for (attack, bits, seed), _ in q.groupby(["attack", "bits", "seed"], sort=True):
-            v = cell_verdicts(sub, attack, int(bits), int(seed), defenses, t)
+            own = scheme_name(ctx.config, attack_spec(ctx.config, attack), ATTACKER)
+            v = cell_verdicts(sub, attack, int(bits), int(seed), defenses, t, own, no_defense)
             body.append(
                 [attack, str(int(bits)), str(int(seed))] + [NA if ok is None else _mark(ok, s) for ok, s in v.values()]
             )
@@ -118,7 +133,8 @@ def verdicts(ctx: TableContext) -> list[Block]:
         caption = (
             f"Verdicts ({dataset}, {arch}): does each quantization-conditioned backdoor behave as one? Per seed, "
             f"✓ / ✗ against: FP BA ≥ clean BA − {t['ba_gap']:g}; FP ASR ≤ {t['dormant_asr']:g}; quantized ASR "
-            f"(simulated, no defense) ≥ {t['fires_asr']:g}; the best real int8 runtime's ASR ≥ {t['fires_asr']:g}; "
+            f"(simulated in the attack's own scheme, no defense) ≥ {t['fires_asr']:g}; "
+            f"the best real int8 runtime's ASR ≥ {t['fires_asr']:g}; "
             f"after each defense ASR ≤ {t['purified_asr']:g} and BA ≥ FP BA − {t['purified_ba_drop']:g}. In %, "
             "points for differences. Thresholds: config key verdicts."
         )
