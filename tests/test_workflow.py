@@ -29,16 +29,21 @@ def test_metrics_parquet_schema_and_rows(tiny_run):
     df = pd.read_parquet(tiny_run / "results" / "metrics.parquet")
     for col in [*METRIC_COLUMNS, "der"]:
         assert col in df.columns
-    # per seed: clean FP, attacked FP, and (none, lac) x (8, 4) simulated; one real int8 backend
+    # per seed: clean FP, attacked FP, and (none, lac, none_attacker) x (8, 4) simulated; one real
+    # int8 backend. The cells are in the deployer's quantizer (the paper config's mqbench_academic);
+    # beside each no-defense cell the same cell in the attack's own `qa` (none_attacker, for the verdicts)
     sim = df[(df.backend == "sim") & df.attack.isin(["clean", "qu_anti_zation"])]
-    assert len(sim) == 2 * (2 + 2 * 2)
+    assert len(sim) == 2 * (2 + 3 * 2)
+    quantized = sim[sim.bits != 32].set_index("defense").scheme
+    assert set(quantized[["none", "lac"]]) == {"mqbench_academic"} and set(quantized["none_attacker"]) == {"qa"}
     # Table 6 (local.yaml's table6 section): BadNets FP, seed 0, no defense + 4 FP-level defenses
     t6 = df[df.attack == "badnets"]
     assert set(t6.defense) == {"none", "nad", "nad_pda", "ftsam", "ftsam_pda"} and set(t6.bits) == {32}
     assert len(df) == len(sim) + len(t6) + 2
     real = df[df.backend == "torch_qnnpack"]
     assert len(real) == 2 and set(real.bits) == {8} and set(real.defense) == {"none"}
-    assert set(sim.bits) == {32, 8, 4} and set(sim.defense) == {"none", "lac"} and set(sim.seed) == {0, 1}
+    assert set(sim.bits) == {32, 8, 4} and set(sim.defense) == {"none", "lac", "none_attacker"}
+    assert set(sim.seed) == {0, 1}
     assert df[df.defense != "none"].der.notna().all() and df[df.defense == "none"].der.isna().all()
     assert df.git_commit.str.len().min() >= 7 and df.config_hash.nunique() == 1
     assert ((df.ba >= 0) & (df.ba <= 100)).all()
