@@ -48,10 +48,10 @@ def _seeds_text(seeds) -> str:
     return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, seeds))
 
 
-def _defense_block(ctx, table, label, dataset, arch, q, ref, rows, columns, seeds) -> Block:
+def _defense_block(ctx, table, label, dataset, arch, q, ref, rows, columns, seeds, main=True) -> Block:
     """One T1-style block: rows = defenses, columns = (bits, attack config name), BA / ASR / DER.
-    A row run on fewer seeds than the block (``run.defense_cells``) names its seeds; a cell that
-    ``run.defense_cells`` leaves out reads "–"."""
+    A row run on fewer seeds than the block names its seeds; in the main grid (``main``) a cell
+    that ``run.defense_cells`` leaves out reads "–"."""
     from qcbench.cells import quantizer_of_cells
 
     groups = {k: g for k, g in q.groupby(["defense", "bits", "attack"])}
@@ -65,7 +65,7 @@ def _defense_block(ctx, table, label, dataset, arch, q, ref, rows, columns, seed
         for b, a in columns:
             metrics = ("ba", "asr") if d == "none" else ("ba", "asr", "der")
             paper = [ctx.paper.value(table, m, *ref, attack_method(ctx, a), b, paper_defense(d, b)) for m in metrics]
-            if d != "none" and not runs_on(ctx.config, d, a, int(b)):
+            if main and d != "none" and not runs_on(ctx.config, d, a, int(b)):
                 line.append(with_paper("–", paper))
                 left_out = True
                 continue
@@ -80,7 +80,7 @@ def _defense_block(ctx, table, label, dataset, arch, q, ref, rows, columns, seed
     )
     notes = []
     if fewer:
-        notes.append("A row run on fewer seeds (config key run.defense_cells) names its seeds.")
+        notes.append("A row run on fewer seeds than the table (config key run.defense_cells) names its seeds.")
     if left_out:
         notes.append("–: a cell config key run.defense_cells leaves out of the run.")
     header = ["Defense"] + [f"{b}-bit {a}" for b, a in columns]
@@ -135,8 +135,9 @@ def _defense_tables(ctx: TableContext, table: str, label: str, datasets=None, ex
         # on): "not yet produced" beside the paper's numbers
         rows += [d for d in _paper_grid(ctx, table, *ref)[0] if d not in rows]
         seeds = sorted(int(s) for s in sub.seed.unique())
+        columns = _columns(ctx, bits, attacks)
         blocks.append(
-            _defense_block(ctx, table, label, dataset, arch, q, ref, rows, _columns(ctx, bits, attacks), seeds)
+            _defense_block(ctx, table, label, dataset, arch, q, ref, rows, columns, seeds, main=datasets is None)
         )
         fp = sub[sub.bits == 32]
         fp_rows = sorted(fp.attack.unique(), key=lambda a: (a != "clean", a))
