@@ -314,6 +314,12 @@ def test_table1_states_the_seeds_of_a_row_run_on_fewer_and_the_cells_left_out():
     assert lines["FT (seed 0)"] == ["–", "86.00 / 3.00 / –"]  # 8 bits left out by run.defense_cells
     assert lines["LAC+PDA (ours)"][0].startswith("87.00 ± 0.00")  # every seed: no seeds named
     assert "names its seeds" in md and "leaves out of the run" in md
+    # a defense not run at all (a row of the paper's only): its restriction marks nothing
+    cfg["run"]["defenses"] = ["lac"]
+    ft_ba = ["T1", "fashion_mnist", "resnet_tiny", "pqbackdoor", "8", "ft", "", "ba", "85"]
+    paper = PaperReference(pd.DataFrame([ft_ba], columns=[*PaperReference.KEYS, "value"]))
+    lines = _lines(render("table1", TableContext(pd.DataFrame(rows), cfg, paper))["md"])
+    assert lines["FT"][0] == "not yet produced (paper 85 / – / –)"
 
 
 def test_defense_cells_restrict_the_main_grid_and_errors_name_the_key():

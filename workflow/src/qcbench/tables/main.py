@@ -55,6 +55,7 @@ def _defense_block(ctx, table, label, dataset, arch, q, ref, rows, columns, seed
     from qcbench.cells import quantizer_of_cells
 
     groups = {k: g for k, g in q.groupby(["defense", "bits", "attack"])}
+    restricted = set((ctx.config.get("run") or {}).get("defenses") or []) if main else set()
     body, fewer, left_out = [], False, False
     for d in rows:
         line = [defense_label(ctx.config, d)]
@@ -65,7 +66,7 @@ def _defense_block(ctx, table, label, dataset, arch, q, ref, rows, columns, seed
         for b, a in columns:
             metrics = ("ba", "asr") if d == "none" else ("ba", "asr", "der")
             paper = [ctx.paper.value(table, m, *ref, attack_method(ctx, a), b, paper_defense(d, b)) for m in metrics]
-            if main and d != "none" and not runs_on(ctx.config, d, a, int(b)):
+            if d in restricted and not runs_on(ctx.config, d, a, int(b)):
                 line.append(with_paper("–", paper))
                 left_out = True
                 continue
