@@ -32,14 +32,16 @@ when there are several), with the scale treated as a constant (upstream TF: conv
 per tensor, max/127). Off unless configured (the PyTorch reference has no such term).
 
 Deviations, recorded: stage-1 checkpoint selection upstream uses test data (CDA + ASR); qcbench
-keeps the last epoch. Stage 2 keeps, as upstream, the epoch with the best clean FP accuracy, but
-measured on a validation share of the training set (``val_fraction``), not the test set. ``init:
-clean`` (start stage 1 from the clean model) is a qcbench option for CPU budgets; upstream trains
-from scratch (``init: scratch``, the default). ``stage1: null`` with ``init: <attack>`` skips stage
-1: the named attack's FP model (an ordinary backdoor with the same trigger and target, trained once
-for its own table) *is* the stage-1 model, and only stage 2 runs (qcbench option; the local
-default's WaNet PQBackdoor reuses the ``wanet`` backdoor, which needs two full epochs, WaNet's
-noise mode and precise BN to take without breaking the model).
+keeps the last epoch. ``init: clean`` (start stage 1 from the clean model) is a qcbench option
+for CPU budgets; upstream trains from scratch (``init: scratch``, the default). ``stage1: null``
+with ``init: <attack>`` skips stage 1: the named attack's FP model (an ordinary backdoor with the
+same trigger and target, trained once for its own table) *is* the stage-1 model, and only
+stage 2 runs (qcbench option; the local default's WaNet PQBackdoor reuses the ``wanet``
+backdoor, which needs two full epochs, WaNet's noise mode and precise BN to take without breaking
+the model).
+
+Stage 2 keeps, as upstream, the epoch with the best clean FP accuracy, but measured on a validation
+share of the training set (``val_fraction``), not the test set (:meth:`PQBackdoor.stage2`).
 """
 
 from __future__ import annotations
