@@ -13,12 +13,30 @@
 BackdoorBench's curve-wise evaluation, AMP (off there anyway) and the per-epoch test-set
 evaluation are left out. Running statistics play no part in the curve: they come from θ₀ while
 training and are re-estimated at the end.
+
+BackdoorBox's settings (``core/defenses/MCR.py``, ``tests/test_MCR.py``), as keys:
+
+* ``milestones``/``lr_decay``: the curve's lr times ``lr_decay`` at each listed epoch instead of the
+  cosine (BackdoorBox: lr 0.03, ×0.1 at epochs 450 and 540 of 600, batch 128);
+  ``ft_milestones`` the same for the end point's fine-tuning (:func:`~qcbench.defenses.ft.finetune`).
+* ``curve_l2``: BackdoorBox's ``l2_regularizer``, 0.5·``curve_l2``·Σ‖w(t)‖² over every parameter
+  of the network at the batch's t, added to the loss on top of the optimizer's weight decay on θₘ
+  (BackdoorBox: 5e-4 both); 0 leaves it out.
+* ``t`` a list: the curve is evaluated at each t (BN re-estimated, as above) and the point with
+  the highest clean accuracy on the defender subset is kept, the first listed on ties
+  (``self.t_accuracy`` records them). The LAC paper's Appendix B reports the better of t = 0.1
+  and 0.9; which is better is chosen here without the test set, on the only data a defender has.
+  Both points were fitted on that subset (the end point θ₁ and the curve), so the criterion
+  favours the point nearer θ₁; a defender has no triggered images to weigh ASR with.
+
+BackdoorBox's end point θ₁ is a model trained separately; qcbench fine-tunes the model, so the
+paper config gives the end point the paper's FT settings (``ft_*``).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -26,7 +44,7 @@ from torch.func import functional_call
 
 from qcbench.data import ImageSet
 from qcbench.defenses.base import FPDefense, init_params, register_defense
-from qcbench.defenses.ft import PAPER_AUGMENTATION, cosine_lr, finetune, sgd, steps_per_epoch
+from qcbench.defenses.ft import PAPER_AUGMENTATION, epoch_schedule, finetune, sgd, steps_per_epoch
 from qcbench.train import fit
 
 
@@ -89,13 +107,21 @@ def update_bn(model: nn.Module, data: ImageSet, batch_size: int, device) -> None
         model.eval()
 
 
+@torch.no_grad()
+def defender_accuracy(model: nn.Module, data: ImageSet, batch_size: int, device) -> float:
+    """Clean accuracy of ``model`` (eval mode, no augmentation) on ``data``."""
+    model.eval()
+    correct = sum((model(x.to(device)).argmax(1).cpu() == y).sum().item() for x, y in data.batches(batch_size))
+    return correct / max(len(data), 1)
+
+
 @register_defense("mcr")
 class MCR(FPDefense):
     label = "MCR"
 
     def __init__(
         self,
-        t: float = 0.1,
+        t: float | Sequence[float] = 0.1,
         epochs: int = 100,
         batch_size: int = 128,
         lr: float = 3e-5,
@@ -105,8 +131,18 @@ class MCR(FPDefense):
         ft_batch_size: int = 256,
         ft_lr: float = 0.01,
         augmentation: dict | None = PAPER_AUGMENTATION,
+        milestones: Sequence[int] | None = None,
+        lr_decay: float = 0.1,
+        ft_milestones: Sequence[int] | None = None,
+        curve_l2: float = 0.0,
     ) -> None:
-        super().__init__(**init_params(locals()))
+        params = init_params(locals())
+        for key in ("t", "milestones", "ft_milestones"):
+            if isinstance(params[key], Sequence):
+                params[key] = list(params[key])
+        if isinstance(params["t"], list) and not params["t"]:
+            raise ValueError("MCR: t is an empty list; give one point or several to choose from")
+        super().__init__(**params)
 
     def purify(self, model, splits, *, seed, device):
         p = self.params
@@ -125,6 +161,8 @@ class MCR(FPDefense):
             seed=seed,
             device=device,
             desc="mcr end point",
+            milestones=p["ft_milestones"],
+            lr_decay=p["lr_decay"],
         )
         curve = BezierCurve(copy.deepcopy(model), theta0, dict(end.named_parameters()))
         g = torch.Generator().manual_seed(seed + 1)
@@ -132,8 +170,13 @@ class MCR(FPDefense):
 
         def curve_loss(c: BezierCurve, x, y):
             t = torch.rand((), generator=g).item()
-            return ce(c(x, t), y)
+            if not p["curve_l2"]:
+                return ce(c(x, t), y)
+            w = c.point(t)
+            l2 = sum(v.pow(2).sum() for v in w.values())
+            return ce(functional_call(c.net, w, (x,)), y) + 0.5 * p["curve_l2"] * l2
 
+        steps = steps_per_epoch(data, p["batch_size"])
         self.history = fit(
             curve,
             data,
@@ -141,15 +184,26 @@ class MCR(FPDefense):
             epochs=p["epochs"],
             batch_size=p["batch_size"],
             optimizer=sgd(p["lr"], p["momentum"], p["weight_decay"]),
-            scheduler=cosine_lr(p["epochs"], steps_per_epoch(data, p["batch_size"])),
+            scheduler=epoch_schedule(p["epochs"], p["milestones"], p["lr_decay"], steps),
             augmentation=p["augmentation"],
             params=curve.middle.parameters(),
             seed=seed,
             device=device,
             desc="mcr curve",
         )
-        with torch.no_grad():
-            point = {k: v.detach().clone() for k, v in curve.point(p["t"]).items()}
-        model.load_state_dict(point, strict=False)
-        update_bn(model, data, p["batch_size"], device)
-        return model
+        ts = p["t"] if isinstance(p["t"], list) else [p["t"]]
+        self.t_accuracy, best = {}, None
+        for t in ts:
+            candidate = copy.deepcopy(model) if len(ts) > 1 else model
+            with torch.no_grad():
+                point = {k: v.detach().clone() for k, v in curve.point(t).items()}
+            candidate.load_state_dict(point, strict=False)
+            update_bn(candidate, data, p["batch_size"], device)
+            if len(ts) == 1:
+                return model
+            self.t_accuracy[t] = defender_accuracy(candidate, data, p["batch_size"], device)
+            if best is None or self.t_accuracy[t] > self.t_accuracy[best[0]]:
+                best = (t, candidate)
+        self.t = best[0]
+        model.load_state_dict(best[1].state_dict())
+        return model.eval()
