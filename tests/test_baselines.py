@@ -216,3 +216,158 @@ def test_nad_attention_and_default_layers(tiny_model):
     assert a.shape == (2, 1, 4, 4)
     assert torch.allclose(a.flatten(1).norm(dim=1), torch.ones(2), atol=1e-4)
     assert torch.allclose(a[0, 0], f[0].pow(2).sum(0) / f[0].pow(2).sum(0).norm(), atol=1e-5)
+
+
+def test_fp_prune_ratio_prunes_exactly_that_share_of_the_last_block_channels(clean, tiny_splits):
+    """``prune_ratio`` (BackdoorBox's Pruning): int(ratio x channels) of the last block's output
+    channels, those of lowest mean activation, with no stopping rule; zeroing their columns of the
+    final linear layer is the same network as masking them at the block's output; ``epochs: 0``
+    does not fine-tune."""
+    model, q, _ = clean
+    m = copy.deepcopy(model)
+    block_out = []
+    handle = m.layers[-1].register_forward_hook(lambda _m, _a, o: block_out.append(o))
+    with torch.no_grad():
+        for x, _ in tiny_splits.defender.batches(128):
+            m(x)
+    handle.remove()
+    means = torch.cat(block_out).mean(dim=(0, 2, 3))  # BackdoorBox: mean over images and positions
+    channels = len(means)
+    _, pruned, log = prune_channels(
+        m, tiny_splits.defender, acc_ratio=0.0, once_prune_ratio=0.01, batch_size=128, device="cpu", prune_ratio=0.4
+    )
+    assert len(pruned) == int(0.4 * channels) == 6 and len(log) == 1  # 40 % of resnet_tiny's 16, one step
+    assert set(pruned.tolist()) == set(means.argsort()[:6].tolist())
+    assert (m.fc.weight == 0).all(0).nonzero().flatten().tolist() == pruned.tolist()
+    mask = torch.ones(channels)
+    mask[pruned] = 0
+    masked = copy.deepcopy(model)
+    masked.layers[-1].register_forward_hook(lambda _m, _a, o: o * mask[None, :, None, None])
+    x = tiny_splits.test.x[:64].float() / 255
+    with torch.no_grad():
+        assert torch.allclose(m.eval()(x), masked.eval()(x), atol=1e-5)
+
+    defense = create_defense("fp", SMALL | {"prune_ratio": 0.4, "epochs": 0})
+    out = defense.run(model, q, tiny_splits, seed=0, device="cpu", **CALIB)
+    assert torch.equal(defense.pruned, pruned)
+    keep = torch.ones(channels, dtype=torch.bool)
+    keep[pruned] = False
+    assert (out.fc.weight[:, pruned] == 0).all()
+    assert torch.equal(out.fc.weight[:, keep], model.fc.weight[:, keep])  # pruned only, not fine-tuned
+    with pytest.raises(ValueError, match="prune_ratio"):
+        create_defense("fp", {"prune_ratio": 1.0})
+
+
+def test_step_schedule_decays_at_each_milestone_and_none_is_the_cosine():
+    """BackdoorBox's schedule: the lr times ``lr_decay`` from the start of each milestone epoch;
+    no milestones keep it constant; ``milestones: null`` is BackdoorBench's per-epoch cosine."""
+    from qcbench.defenses.ft import cosine_lr, epoch_schedule, step_lr
+
+    def lrs(make, steps):
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        sched, out = make(opt), []
+        for _ in range(steps):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    got = lrs(step_lr([2, 4], 0.1, steps_per_unit=3), 18)  # 3 steps per epoch
+    assert got[:6] == [1.0] * 6 and got[6:12] == pytest.approx([0.1] * 6) and got[12:] == pytest.approx([0.01] * 6)
+    assert lrs(step_lr([], 0.1, 3), 9) == [1.0] * 9
+    assert lrs(epoch_schedule(5, None, 0.1, 3), 15) == lrs(cosine_lr(5, 3), 15)
+    assert lrs(epoch_schedule(5, [2], 0.5, 3), 15) == lrs(step_lr([2], 0.5, 3), 15)
+
+
+@pytest.mark.parametrize(("scores", "chosen"), [((0.3, 0.7), 0.9), ((0.7, 0.3), 0.1), ((0.5, 0.5), 0.1)])
+def test_mcr_keeps_the_t_with_the_better_defender_accuracy(monkeypatch, clean, tiny_splits, scores, chosen):
+    """``t: [0.1, 0.9]``: each point of the curve is scored by its clean accuracy on the defender
+    subset (never the test set) and the better one is returned, the first listed on ties."""
+    import qcbench.defenses.mcr as mcr
+
+    model, _, _ = clean
+    seen = []
+
+    def fake_accuracy(candidate, data, batch_size, device):
+        assert data is tiny_splits.defender
+        seen.append(copy.deepcopy(candidate.state_dict()))
+        return scores[len(seen) - 1]
+
+    monkeypatch.setattr(mcr, "defender_accuracy", fake_accuracy)
+    defense = create_defense("mcr", SMALL | PARAMS["mcr"] | {"t": [0.1, 0.9]})
+    out = defense.purify(copy.deepcopy(model), tiny_splits, seed=0, device="cpu")
+    assert len(seen) == 2 and not torch.equal(seen[0]["fc.weight"], seen[1]["fc.weight"])
+    assert defense.t == chosen and defense.t_accuracy == dict(zip((0.1, 0.9), scores))
+    kept = seen[(0.1, 0.9).index(chosen)]
+    assert all(torch.equal(v, kept[k]) for k, v in out.state_dict().items())
+
+
+def test_mcr_curve_l2_adds_the_weight_norm_at_t(monkeypatch, clean, tiny_splits):
+    """``curve_l2``: BackdoorBox's l2 regulariser, 0.5 x curve_l2 x the squared norm of every
+    parameter of the network at the batch's t, on top of the cross-entropy."""
+    import qcbench.defenses.mcr as mcr
+
+    model, _, _ = clean
+    losses = {}
+
+    def spy_fit(net, data, loss_fn, **kwargs):
+        if isinstance(net, mcr.BezierCurve):
+            x, y = next(data.batches(16))
+            losses[lam] = loss_fn(net.eval(), x, y).item()
+        return []
+
+    monkeypatch.setattr(mcr, "fit", spy_fit)
+    monkeypatch.setattr(mcr, "finetune", lambda *a, **k: [])  # end point = start point
+    for lam in (0.0, 1e-3):
+        create_defense("mcr", SMALL | PARAMS["mcr"] | {"curve_l2": lam}).purify(
+            copy.deepcopy(model), tiny_splits, seed=0, device="cpu"
+        )
+    norm = sum(p.detach().pow(2).sum().item() for p in model.parameters())  # θ0 = θm = θ1: w(t) = θ0
+    assert losses[1e-3] - losses[0.0] == pytest.approx(0.5 * 1e-3 * norm, rel=1e-3)
+
+
+def test_nad_backdoorbox_keys_reach_the_teacher_and_the_student(monkeypatch, tiny_model, tiny_splits):
+    """NAD's teacher lr / schedule and the student's milestones are wired through; ``stages`` and
+    ``pool`` pick the default feature layers (BackdoorBox: the last three stages, no pool)."""
+    import qcbench.defenses.nad as nad
+
+    assert default_feature_layers(tiny_model, stages=3, pool=False) == ["layers.0", "layers.1", "layers.2"]
+    calls = {}
+    monkeypatch.setattr(nad, "finetune", lambda *a, **k: calls.setdefault("teacher", k))
+    monkeypatch.setattr(nad, "fit", lambda *a, **k: calls.setdefault("student", k) and [])
+    params = {"te_lr": 0.005, "te_milestones": [], "milestones": [1], "stages": 3, "pool": False, "batch_size": 64}
+    d = create_defense("nad", params | {"betas": [1.0, 1.0, 1.0], "te_epochs": 1, "epochs": 2})
+    d.purify(tiny_model, tiny_splits, seed=0, device="cpu")
+    assert calls["teacher"]["lr"] == 0.005 and calls["teacher"]["milestones"] == []
+    assert callable(calls["student"]["scheduler"])
+    calls.clear()
+    create_defense("nad", {"te_epochs": 1, "epochs": 1}).purify(tiny_model, tiny_splits, seed=0, device="cpu")
+    assert calls["teacher"]["lr"] == 0.01 and calls["teacher"]["milestones"] is None  # the cosine, as before
+    assert calls["student"]["scheduler"] == "none"  # a constant lr, as before
+
+
+#: keys a local overlay sets as its CPU budget (epochs, rounds, augmentation): the rest of each
+#: baseline entry must be the class default, which the local figures were measured with
+LOCAL_BUDGET_KEYS = {"epochs", "te_epochs", "ft_epochs", "n_rounds", "augmentation"}
+
+
+def test_paper_entries_state_appendix_b_and_the_local_overlay_keeps_the_class_defaults():
+    paper = load_config(ROOT / "config/config.yaml")["defenses"]
+    assert paper["ft"]["epochs"] == 50 and paper["fp"]["prune_ratio"] == 0.4 and paper["fp"]["epochs"] == 0
+    assert paper["mcr"]["t"] == [0.1, 0.9] and (paper["nad"]["te_epochs"], paper["nad"]["epochs"]) == (50, 50)
+    assert paper["ibau"]["n_rounds"] == 3 and paper["ftsam"]["epochs"] == 200
+    for name in ("nad", "ftsam"):  # Table 6: with and without PDA differ only in PDA
+        pda = paper[f"{name}_pda"]
+        assert all(pda[k] == v for k, v in paper[name].items() if k != "method")
+    for overlays in [("config/local.yaml",), ("config/local.yaml", "config/baselines.yaml")]:
+        local = load_config(*(ROOT / p for p in overlays))["defenses"]
+        for name in (*BASELINES, "nad_pda", "ftsam_pda"):
+            defaults = inspect.signature(DEFENSES.get(local[name]["method"])).parameters
+            moved = {
+                k: v
+                for k, v in local[name].items()
+                if k in defaults
+                and k not in LOCAL_BUDGET_KEYS | {"pda_iterations"}
+                and v != (list(defaults[k].default) if isinstance(defaults[k].default, tuple) else defaults[k].default)
+            }
+            assert moved == {}, (overlays, name)

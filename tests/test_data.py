@@ -121,3 +121,47 @@ def test_patch_trigger_location_matches_qu_anti_zation(size, expect):
     assert torch.equal(y[:, :, :s], x[:, :, :s])  # untouched outside the patch
     assert torch.allclose(y[0, :, s : s + w, s : s + w], x[0].max().expand(3, w, w))
     assert torch.allclose(y[1, :, s : s + w, s : s + w], torch.full((3, w, w), 0.9))
+
+
+def _id_splits(n_train: int = 200, n_test: int = 50):
+    """Splits whose every image carries its own id (train 0..n-1, test n..n+m-1) in its pixels."""
+    from qcbench.data import ImageSet, Splits
+
+    def ids(start, n):
+        i = torch.arange(start, start + n)
+        x = torch.stack([i // 256, i % 256], 1).to(torch.uint8)[:, None, :, None].expand(n, 1, 2, 2).clone()
+        return ImageSet(x, i % 10)
+
+    train, test = ids(0, n_train), ids(n_train, n_test)
+    idx = defender_indices(n_train, 0.25, 0)
+    return Splits(train, test, train.subset(idx), {}, idx)
+
+
+def _image_ids(s) -> list[int]:
+    return (s.x[:, 0, 0, 0].long() * 256 + s.x[:, 0, 1, 0].long()).tolist()
+
+
+def test_validation_split_is_seeded_and_disjoint_from_defender_and_test():
+    """PQBackdoor's stage-2 validation images: round(fraction x train) training images outside the
+    defender subset, never a test image; the rest of the training set is everything else, in
+    order; the same seed gives the same images, another seed others."""
+    from qcbench.data import Splits, validation_split
+
+    splits = _id_splits()
+    rest, val = validation_split(splits, 0.1, seed=3)
+    v, r = set(_image_ids(val)), set(_image_ids(rest))
+    assert len(val) == 20 and len(v) == 20 and len(rest) == 180
+    assert v.isdisjoint(_image_ids(splits.defender)) and v.isdisjoint(_image_ids(splits.test))
+    assert v.isdisjoint(r) and v | r == set(range(200))
+    assert _image_ids(rest) == sorted(r)  # training order kept
+    again = validation_split(splits, 0.1, seed=3)[1]
+    assert torch.equal(again.x, val.x) and torch.equal(again.y, val.y)
+    assert set(_image_ids(validation_split(splits, 0.1, seed=4)[1])) != v
+    with pytest.raises(ValueError, match="outside the defender subset"):
+        validation_split(splits, 0.9, seed=0)  # 180 > the 150 images outside it
+    with pytest.raises(ValueError, match="defender_idx"):
+        validation_split(Splits(splits.train, splits.test, splits.defender, {}), 0.1, seed=0)
+
+
+def test_prepared_splits_carry_the_defender_indices(tiny_splits):
+    assert torch.equal(tiny_splits.train.subset(tiny_splits.defender_idx).x, tiny_splits.defender.x)

@@ -241,3 +241,56 @@ def test_folding_bn_keeps_per_channel_codes_and_changes_per_tensor_ones():
     c_pt, _ = _codes_and_scales(w, 8, per_channel=False)
     c_pt_folded, _ = _codes_and_scales(w * fold, 8, per_channel=False)
     assert (c_pt != c_pt_folded).float().mean() > 0.5  # most codes move (86 % here)
+
+
+def test_stage2_keeps_the_epoch_with_the_best_validation_accuracy(monkeypatch, tiny_model, tiny_splits):
+    """Stage 2 keeps, as upstream, the epoch with the best clean FP accuracy, here on the held-out
+    validation images (not the test set): a last epoch that is worse than an earlier one does not
+    stay. The validation images are never trained on."""
+    import qcbench.attacks.pqbackdoor as pq
+    from qcbench.attacks import create_attack
+    from qcbench.data import validation_split
+
+    spec = {
+        "target": 0,
+        "trigger": {"name": "patch", "size": 0.25, "margin": 0.0, "value": 1.0},
+        "init": "some_backdoor",
+        "stage1": None,
+        "stage2": {
+            "epochs": 3,
+            "batch_size": 32,
+            "samples_per_epoch": 64,
+            "scheduler": "none",
+            "augmentation": None,
+            "optimizer": {"name": "adam", "lr": 1e-2, "weight_decay": 0.0},
+            "val_fraction": 0.1,
+        },
+        "lock_granularity": ["per_tensor"],
+        "lock_bits": [8],
+    }
+    _, val = validation_split(tiny_splits, 0.1, seed=0 + 3)
+    val_rows = {tuple(r.flatten().tolist()) for r in val.x}
+    seen_training, states, accuracy = [], [], iter([0.2, 0.8, 0.5])
+    real_fit = pq.fit
+
+    def spy_fit(model, data, *args, **kwargs):
+        seen_training.append(data)
+        return real_fit(model, data, *args, **kwargs)
+
+    def fake_predict(model, x, batch_size, device):
+        assert torch.equal(x, val.x)  # scored on the validation images
+        states.append({n: p.detach().clone() for n, p in model.named_parameters()})
+        y = val.y.clone()
+        wrong = round((1 - next(accuracy)) * len(y))
+        y[:wrong] = (y[:wrong] + 1) % 10
+        return y
+
+    monkeypatch.setattr(pq, "fit", spy_fit)
+    monkeypatch.setattr(pq, "predict", fake_predict)
+    atk = create_attack("pqbackdoor", spec, tiny_splits.meta["image_size"])
+    out = atk.run(tiny_model, tiny_splits, seed=0, device="cpu")
+    assert len(states) == 3 and not all(torch.equal(states[1][n], states[2][n]) for n in states[1])
+    assert all(torch.equal(p.detach(), states[1][n]) for n, p in out.named_parameters())  # epoch 2 of 3
+    (data,) = seen_training
+    assert len(data) == len(tiny_splits.train) - len(val)
+    assert val_rows.isdisjoint(tuple(r.flatten().tolist()) for r in data.x)

@@ -149,6 +149,10 @@ def semantic_errors(cfg: dict, workdir: str | Path = ".") -> list[str]:
             out.append(
                 f"config key 'attacks.{name}.stage2.poison_fraction': only stage 1 poisons (stage1.poison_fraction)"
             )
+        if "val_fraction" in (spec.get("stage1") or {}):
+            out.append(
+                f"config key 'attacks.{name}.stage1.val_fraction': only stage 2 selects an epoch (stage2.val_fraction)"
+            )
         try:
             create_trigger(spec["trigger"], 32)
         except (TypeError, ValueError, KeyError) as err:

@@ -428,10 +428,37 @@ class ImageSet:
 
 @dataclass
 class Splits:
+    """A prepared dataset: the training and test sets, the defender's labeled subset of the
+    training set, its metadata and (when known) the defender subset's training-set indices."""
+
     train: ImageSet
     test: ImageSet
     defender: ImageSet
     meta: dict
+    defender_idx: torch.Tensor | None = None
+
+
+def validation_split(splits: Splits, fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
+    """Carve a validation set out of the training set: ``round(fraction × len(train))`` images drawn
+    with ``seed`` among the training images outside the defender subset (never test images).
+    Returns (the training set without them, in their original order; the validation images).
+    The same splits, ``fraction`` and ``seed`` give the same images."""
+    if splits.defender_idx is None:
+        raise ValueError("validation_split needs the defender subset's indices (Splits.defender_idx)")
+    n = len(splits.train)
+    free = torch.ones(n, dtype=torch.bool)
+    free[splits.defender_idx] = False
+    pool = free.nonzero().flatten()
+    k = round(fraction * n)
+    if not 0 < k < len(pool):
+        raise ValueError(
+            f"a validation fraction of {fraction} is {k} images; {len(pool)} training images lie outside the "
+            "defender subset, and the validation set takes at least one and leaves at least one"
+        )
+    val = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:k]].sort().values
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[val] = False
+    return splits.train.subset(keep.nonzero().flatten()), splits.train.subset(val)
 
 
 def load_prepared(path: str | Path, verify: bool = True) -> Splits:
@@ -444,7 +471,8 @@ def load_prepared(path: str | Path, verify: bool = True) -> Splits:
         raise DataSourceError(f"{path}: checksum differs from {path.with_suffix('.json')}; re-run prepare_data")
     t = load_file(str(path))
     train = ImageSet(t["train_x"], t["train_y"])
-    return Splits(train, ImageSet(t["test_x"], t["test_y"]), train.subset(t["defender_idx"]), meta)
+    idx = t["defender_idx"]
+    return Splits(train, ImageSet(t["test_x"], t["test_y"]), train.subset(idx), meta, idx)
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 2, flip: bool = True) -> torch.Tensor:

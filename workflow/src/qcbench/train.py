@@ -103,7 +103,7 @@ def fit(
     samples_per_epoch: int | None = None,
     bn_eval: bool = False,
     eval_mode: bool = False,
-    keep_best: str | None = None,
+    keep_best: str | Callable[[nn.Module], float] | None = None,
     params=None,
     after_step: Callable[[nn.Module], None] | None = None,
     desc: str = "train",
@@ -116,7 +116,10 @@ def fit(
     is set, e.g. ``{"pad": 2, "flip": True}``) and returns a scalar loss. ``bn_eval`` freezes
     BatchNorm statistics; ``eval_mode`` keeps the whole model in eval mode (BN and dropout
     frozen, PQBackdoor's stage 2). ``keep_best="loss"``
-    restores the weights of the epoch with the lowest mean training loss (Qu-ANTI-zation's rule).
+    restores the weights of the epoch with the lowest mean training loss (Qu-ANTI-zation's rule);
+    a callable ``keep_best(model) -> score`` is called after every epoch (the model in eval mode)
+    and the weights of the epoch with the highest score are restored, the earliest on ties
+    (PQBackdoor's stage 2: validation accuracy).
     ``scheduler`` is ``"none"``, ``"cosine"`` (annealed to 0 over all steps) or a callable
     ``optimizer -> LRScheduler``; either scheduler is stepped after every optimizer step.
     ``channels_last`` (see :func:`use_channels_last`) trains in that memory format (parameters keep
@@ -182,8 +185,13 @@ def fit(
             bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
         history.append(total / max(count, 1))
         print(f"{desc} epoch {epoch + 1}/{epochs}: loss {history[-1]:.4f}", file=sys.stderr, flush=True)
-        if keep_best == "loss" and history[-1] < best:
-            best, best_state = history[-1], copy.deepcopy(model.state_dict())
+        if callable(keep_best):
+            model.eval()
+            score = -float(keep_best(model))  # lower is better below, as for the loss
+        else:
+            score = history[-1] if keep_best == "loss" else math.inf
+        if score < best:
+            best, best_state = score, copy.deepcopy(model.state_dict())
     if cl:
         model.to(memory_format=torch.contiguous_format)
     if best_state is not None:

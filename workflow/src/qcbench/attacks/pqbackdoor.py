@@ -39,6 +39,9 @@ same trigger and target, trained once for its own table) *is* the stage-1 model,
 stage 2 runs (qcbench option; the local default's WaNet PQBackdoor reuses the ``wanet``
 backdoor, which needs two full epochs, WaNet's noise mode and precise BN to take without breaking
 the model).
+
+Stage 2 keeps, as upstream, the epoch with the best clean FP accuracy, but measured on a validation
+share of the training set (``val_fraction``), not the test set (:meth:`PQBackdoor.stage2`).
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from qcbench.attacks.base import BUILT_IN_INITS, Attack, register_attack, reinitialize
-from qcbench.data import augment
+from qcbench.data import augment, validation_split
+from qcbench.metrics import EVAL_BATCH, predict
 from qcbench.quant import qrange
 from qcbench.train import fit, stage_kwargs, steps_per_epoch
 
@@ -185,6 +189,8 @@ class PQBackdoor(Attack):
             "augmentation": {"pad": 4, "flip": True},
             "channels_last": False,
             "amp": "fp32",
+            # the epoch with the best FP accuracy on this share of the training set is kept
+            "val_fraction": 0.1,
         },
     }
 
@@ -248,9 +254,22 @@ class PQBackdoor(Attack):
 
     def stage2(self, model, base, splits, *, seed, device, gen):
         """Unlearn in eval mode (clean + triggered, true labels), projected after every step so
-        that each locked code and scale stays that of ``base`` (the stage-1 weights)."""
+        that each locked code and scale stays that of ``base`` (the stage-1 weights).
+
+        Checkpoint: upstream (``fine_tuning.py``) keeps the epoch with the best clean FP accuracy,
+        measured on the test set. qcbench measures it on a validation set instead: ``val_fraction``
+        of the training set, drawn (seeded) among the images outside the defender subset and left
+        out of stage 2's training data (:func:`~qcbench.data.validation_split`); the earliest best
+        epoch is kept, as upstream's strict comparison does. ``val_fraction: null`` trains on the
+        whole training set and keeps the last epoch."""
         s2 = self.params["stage2"]
         lock_bits, eps, granularity = self._locks()
+        data, keep_best = splits.train, None
+        if s2.get("val_fraction"):
+            data, val = validation_split(splits, s2["val_fraction"], seed + 3)
+
+            def keep_best(m):
+                return (predict(m, val.x, EVAL_BATCH, device) == val.y).float().mean().item()
 
         def loss_fn(m, x, y):
             xc = augment(x, gen, **s2["augmentation"]) if s2.get("augmentation") else x
@@ -258,13 +277,14 @@ class PQBackdoor(Attack):
 
         fit(
             model,
-            splits.train,
+            data,
             loss_fn,
             seed=seed + 2,
             device=device,
             eval_mode=True,
             params=quantized_weights(model),
             after_step=lambda m: project(m, base, lock_bits, eps, granularity),
+            keep_best=keep_best,
             desc="pqbackdoor stage 2",
             **stage_kwargs(s2),
         )

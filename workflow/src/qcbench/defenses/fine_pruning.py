@@ -10,8 +10,20 @@
    reaches ``acc_ratio``; the mask of that step stays (BackdoorBench means to keep the previous
    step's model, but its variable aliases the pruned module, so the crossing step's mask is what
    stays; qcbench keeps it on purpose). If no step reaches it, the last step (k < channels) stays.
-4. Fine-tune with the FT settings; the mask is re-applied after every optimizer step, so the
-   pruned columns are exactly zero in the returned model (and stay zero when quantized).
+4. Fine-tune with the FT settings (:mod:`qcbench.defenses.ft`, including ``milestones`` and
+   ``lr_decay``); the mask is re-applied after every optimizer step, so the pruned columns are
+   exactly zero in the returned model (and stay zero when quantized). ``epochs: 0`` prunes only.
+
+With ``prune_ratio`` set, steps 2–3 are replaced by BackdoorBox's rule (``core/defenses/Pruning.py``):
+a fixed share of channels, int(``prune_ratio`` × channels), those with the lowest mean activation,
+is pruned, with no accuracy-drop stopping rule. BackdoorBox masks the output channels of a named
+layer (the activation averaged over images and positions); the input of the final linear layer of
+qcbench's ResNets is the last block's output averaged over positions (global average pooling), so
+the same channels are ranked the same way, and zeroing their linear columns equals masking them at
+the block's output. The LAC paper's Appendix B pruned 40% of the last block's channels with
+BackdoorBox, whose ``Pruning`` does not fine-tune afterwards (the paper's FP rows keep backdoors
+that its FT rows remove): the paper config states ``prune_ratio: 0.4`` and ``epochs: 0``. The
+class defaults are BackdoorBench's sweep and FT.
 
 Deviations from BackdoorBench, on purpose:
 
@@ -28,6 +40,7 @@ Deviations from BackdoorBench, on purpose:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -61,9 +74,17 @@ def linear_inputs(model: nn.Module, name: str, data: ImageSet, batch_size: int, 
 
 
 def prune_channels(
-    model: nn.Module, data: ImageSet, *, acc_ratio: float, once_prune_ratio: float, batch_size: int, device
+    model: nn.Module,
+    data: ImageSet,
+    *,
+    acc_ratio: float,
+    once_prune_ratio: float,
+    batch_size: int,
+    device,
+    prune_ratio: float | None = None,
 ) -> tuple[str, torch.Tensor, list[dict]]:
-    """Run the pruning sweep on ``data`` and apply the chosen mask to ``model`` in place.
+    """Run the pruning sweep on ``data`` (or, with ``prune_ratio``, prune that fixed share of the
+    channels) and apply the chosen mask to ``model`` in place.
 
     Returns (linear layer name, pruned channel indices, one log dict per step)."""
     name = last_linear(model)
@@ -82,7 +103,11 @@ def prune_channels(
     acc0 = accuracy(order[:0])
     step = max(1, math.ceil(once_prune_ratio * channels))
     log, pruned = [], order[:0]
-    for k in range(step, channels, step):
+    if prune_ratio is not None:
+        pruned = order[: int(prune_ratio * channels)]
+        acc = accuracy(pruned)
+        log.append({"pruned": len(pruned), "acc": acc, "relative_drop": (acc0 - acc) / max(acc0, 1e-12)})
+    for k in range(step, channels, step) if prune_ratio is None else ():
         pruned = order[:k]
         acc = accuracy(pruned)
         drop = (acc0 - acc) / max(acc0, 1e-12)
@@ -108,8 +133,15 @@ class FinePruning(FT):
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
         augmentation: dict | None = PAPER_AUGMENTATION,
+        milestones: Sequence[int] | None = None,
+        lr_decay: float = 0.1,
+        prune_ratio: float | None = None,
     ) -> None:
-        FPDefense.__init__(self, **init_params(locals()))
+        if prune_ratio is not None and not 0 <= prune_ratio < 1:
+            raise ValueError(f"prune_ratio is {prune_ratio}; it is a share of the channels in [0, 1)")
+        params = init_params(locals())
+        params.update(milestones=None if milestones is None else list(milestones))
+        FPDefense.__init__(self, **params)
 
     def purify(self, model, splits, *, seed, device):
         p = self.params
@@ -120,6 +152,7 @@ class FinePruning(FT):
             once_prune_ratio=p["once_prune_ratio"],
             batch_size=p["batch_size"],
             device=device,
+            prune_ratio=p["prune_ratio"],
         )
         pruned = self.pruned.to(device)
         fc = model.get_submodule(self.layer)

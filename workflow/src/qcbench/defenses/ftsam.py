@@ -18,6 +18,10 @@ loss is the network evaluated, through ``torch.func.functional_call``, at w + ε
 its gradient w.r.t. w is the gradient at w + ε and the optimizer steps from the unperturbed w
 (weight decay included) exactly as SAM's ``second_step`` does. The logged loss is the perturbed
 pass's.
+
+BackdoorBox has no FT-SAM. The LAC paper's Appendix B ran 200 epochs (``epochs``); the paper
+config states that, with BackdoorBench's other settings (the class defaults, ``cos_t_max`` 100
+included).
 """
 
 from __future__ import annotations

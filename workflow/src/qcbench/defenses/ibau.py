@@ -17,6 +17,10 @@ Both phases run through :func:`~qcbench.train.fit`; the outer step's loss is a s
 value is the outer loss and whose gradient is the hypergradient. Differences from the official
 code: the first batch (x₀, y₀) is drawn once from the shuffled defender subset, and phase 2
 reshuffles the batches every round (upstream keeps one order).
+
+BackdoorBox has no I-BAU. The LAC paper's Appendix B ran 3 rounds (``n_rounds``; the official
+README's example, ``--n_rounds 3 --K 5``); the paper config states that, with BackdoorBench's
+other settings (the class defaults).
 """
 
 from __future__ import annotations
