@@ -30,6 +30,7 @@ from qcbench.quant import (
     calibrate,
     create_scheme,
     fp_view,
+    input_quantizers,
     quant_modules,
     quantize_model,
     set_bits,
@@ -240,3 +241,13 @@ def test_ema_mse_observer_blends_per_batch_mse_ranges():
     assert torch.equal(plain._lo, torch.minimum(la, lb)) and torch.equal(plain._hi, torch.maximum(ha, hb))
     scheme = create_scheme("mqbench_academic", 4)
     assert (scheme.observer, scheme.activation_observer) == ("mse", "ema_mse")
+
+
+def test_input_quantizers_name_the_shared_quantizer_each_layer_reads(tiny_model):
+    q = quantize_model(tiny_model, create_scheme("mqbench_academic", 4))
+    acts = input_quantizers(q)
+    shared = q.get_submodule("layers_0_0_relu2_post_act_fake_quantizer").aq
+    assert acts["layers.1.0.conv1"] is shared and acts["layers.1.0.downsample.0"] is shared
+    assert acts["conv1"].bits == acts["fc"].bits == 8 and acts["layers.0.0.conv2"].bits == 4
+    plain = quantize_model(tiny_model, create_scheme("qa", 4))
+    assert all(acts is m.aq for (_, m), acts in zip(quant_modules(plain), input_quantizers(plain).values()))

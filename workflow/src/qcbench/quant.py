@@ -593,6 +593,21 @@ def act_quantizers(model: nn.Module) -> Iterator[tuple[str, ActQuantizer]]:
             yield name, m
 
 
+def input_quantizers(model: nn.Module) -> dict[str, FakeQuantizer | None]:
+    """Each quantized layer's input activation quantizer, by layer name: its own (``layer_input``)
+    or the post-activation quantizer its input comes from (``mqbench``); None where the input is
+    not quantized."""
+    out = {name: m.aq for name, m in quant_modules(model)}
+    if isinstance(model, torch.fx.GraphModule):
+        mods = dict(model.named_modules())
+        for node in model.graph.nodes:
+            if node.op == "call_module" and node.target in out and out[node.target] is None:
+                src = _flat_nodes(node.args)
+                if src and src[0].op == "call_module" and isinstance(mods.get(src[0].target), ActQuantizer):
+                    out[node.target] = mods[src[0].target].aq
+    return out
+
+
 def _switchable(model: nn.Module) -> list[_QuantMixin | ActQuantizer]:
     return [m for _, m in quant_modules(model)] + [m for _, m in act_quantizers(model)]
 
