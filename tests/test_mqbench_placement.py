@@ -251,3 +251,17 @@ def test_input_quantizers_name_the_shared_quantizer_each_layer_reads(tiny_model)
     assert acts["conv1"].bits == acts["fc"].bits == 8 and acts["layers.0.0.conv2"].bits == 4
     plain = quantize_model(tiny_model, create_scheme("qa", 4))
     assert all(acts is m.aq for (_, m), acts in zip(quant_modules(plain), input_quantizers(plain).values()))
+
+
+def test_a_model_fx_cannot_trace_is_refused_with_a_clear_error():
+    class Branchy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 2, 3)
+
+        def forward(self, x):
+            return self.conv(x) if x.sum() > 0 else self.conv(-x)  # data-dependent: not traceable
+
+    with pytest.raises(ValueError, match="placement 'mqbench' needs a model torch.fx can trace; Branchy"):
+        quantize_model(Branchy(), create_scheme("mqbench_academic", 4))
+    assert quantize_model(Branchy(), create_scheme("qa", 4)).conv.aq is not None  # layer_input: no tracing

@@ -481,7 +481,7 @@ def _flat_nodes(args) -> list[torch.fx.Node]:
 
 def post_act_producers(graph: torch.fx.Graph, modules: dict[str, nn.Module], io_layers=()) -> dict[str, bool]:
     """MQBench academic placement (``AcademicQuantizer._find_act_quants``): the names of the nodes
-    whose output gets an activation quantizer, in graph order: every node among the positional
+    whose output gets an activation quantizer, in the order the layers read them: every node among the positional
     arguments of a quantized conv/linear (``module_type_to_quant_input`` is conv and linear
     only; no function types, so adds and pools are quantized only through the conv/linear they
     feed). The value is True for a node feeding a layer of ``io_layers``: its quantizer is at 8
