@@ -310,8 +310,9 @@ def load_checkpoint(
 
 
 def quantization_parameters(qmodel: nn.Module) -> dict:
-    """Every quantizer's bits, kind and (frozen/calibrated) scale and zero-point, by layer."""
-    from qcbench.quant import quant_modules
+    """Every quantizer's bits, kind and (frozen/calibrated) scale and zero-point, by layer: its
+    weight's and its input activation's (under MQBench placement the shared quantizer it reads)."""
+    from qcbench.quant import input_quantizers, quant_modules
 
     def one(q) -> dict | None:
         if q is None:
@@ -321,7 +322,8 @@ def quantization_parameters(qmodel: nn.Module) -> dict:
             d |= {"scale": q.scale.tolist(), "zero_point": q.zero_point.tolist()}
         return d
 
-    return {name: {"weight": one(m.wq), "act": one(m.aq)} for name, m in quant_modules(qmodel)}
+    acts = input_quantizers(qmodel)
+    return {name: {"weight": one(m.wq), "act": one(acts[name])} for name, m in quant_modules(qmodel)}
 
 
 def _clean(obj):

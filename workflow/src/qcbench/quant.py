@@ -2,8 +2,21 @@
 
 A :class:`QuantScheme` is a value describing one quantizer; :func:`quantize_model` returns a
 copy of a model in which every ``Conv2d``/``Linear`` is a :class:`QuantConv2d`/:class:`QuantLinear`
-that fake-quantizes its weight and its *input* activation (the MQBench "academic" and
-Qu-ANTI-zation placement: block outputs, adds and pools are not quantized on their own).
+that fake-quantizes its weight. Activations are quantized where the scheme's ``placement`` says:
+
+* ``layer_input`` (Qu-ANTI-zation's placement, and every scheme but the academic one): each
+  conv/linear quantizes its own *input*; block outputs, adds and pools are not quantized on
+  their own, and a residual shortcut carries the unquantized activation;
+* ``mqbench`` (MQBench's academic backend, ``AcademicQuantizer``): the copy is a
+  ``torch.fx.GraphModule`` with an :class:`ActQuantizer` on the output of every node that feeds a
+  conv/linear (:func:`post_act_producers`), shared by all of that node's consumers, so residual
+  shortcuts, adds and pools downstream read the quantized activation. Named as MQBench names
+  them, ``<node>_post_act_fake_quantizer``. The io rule keeps the quantizers feeding the first
+  and last conv/linear at 8 bits. Deviation: MQBench's first layer is the node consuming the
+  model input; qcbench's models normalize inside the model, so the first conv is meant (its
+  input, the normalized image, gets the 8-bit quantizer MQBench puts on the image). A model that
+  torch.fx cannot trace is refused (``ValueError``), not quantized in another placement.
+
 Rounding uses a straight-through estimator, so the same modules serve quantization-aware
 attacks, layer-wise defenses and plain evaluation.
 
@@ -18,12 +31,15 @@ Conventions (recorded here because the upstream codes differ):
   trains and evaluates; evaluated ranges therefore depend on the batch: qcbench evaluates in
   batches of ``eval.batch_size``, 128 as upstream in the local default, 500 in the paper
   config), ``minmax`` (running min/max over calibration batches), ``ema_minmax`` (0.9/0.1
-  blend), ``mse`` (per batch, the shrunken
-  range with the least L2 fake-quant error, then running min/max; MQBench's ``MSEObserver``).
-  Deviations of ``mse``: the shrink factor is swept in steps of 4 % (MQBench: 1 %), and the
-  academic scheme's activations use it too, where MQBench's config names ``EMAMSEObserver``
-  (the per-batch MSE ranges blended 0.9/0.1): ranges a few per cent wider;
-* weights are always observed on the weight itself; activations on calibration batches.
+  blend), ``mse`` (per batch, the shrunken range with the least L2 fake-quant error, then
+  running min/max: MQBench's ``MSEObserver``), ``ema_mse`` (the same per-batch ranges blended
+  0.9/0.1: MQBench's ``EMAMSEObserver``). The MSE search is MQBench's: the min/max range times
+  ``1 - i/100``, i < 80 per channel, i < 95 per tensor, keeping the first least error. The
+  academic scheme observes weights with ``mse`` (per output channel) and activations with
+  ``ema_mse`` (``act_observer``), as EFRAP/LAC's MQBench configs (``w_observer: MSEObserver``,
+  ``a_observer: EMAMSEObserver``);
+* weights are always observed on the weight itself; activations on calibration batches, in the
+  FP view (every fake quantizer off, as MQBench calibrates).
 """
 
 from __future__ import annotations
@@ -44,7 +60,9 @@ from qcbench._registry import Registry
 if TYPE_CHECKING:
     from qcbench.data import ImageSet
 
-OBSERVERS = ("dynamic", "minmax", "ema_minmax", "mse")
+OBSERVERS = ("dynamic", "minmax", "ema_minmax", "mse", "ema_mse")
+#: where activation quantizers sit (:class:`QuantScheme` ``placement``)
+PLACEMENTS = ("layer_input", "mqbench")
 SCHEMES = Registry("quantization scheme")
 register_scheme = SCHEMES.register
 
@@ -53,7 +71,11 @@ register_scheme = SCHEMES.register
 class QuantScheme:
     """One simulated quantizer. ``bits`` apply to weights and activations alike unless
     ``act_bits`` is given; ``io_8bit`` keeps the first and last layers (weights and their
-    inputs) at 8 bits, as MQBench's academic backend does."""
+    inputs) at 8 bits, as MQBench's academic backend does. ``act_observer`` (None: ``observer``)
+    observes the activations. ``placement`` puts the activation quantizers at every conv/linear's
+    own input (``layer_input``) or, as MQBench's academic backend, on the output of each node
+    feeding a conv/linear, shared by all of that node's consumers (``mqbench``, see
+    :func:`post_act_producers`)."""
 
     weight_bits: int = 8
     act_bits: int = 8
@@ -65,15 +87,24 @@ class QuantScheme:
     fold_bn: bool = False
     io_8bit: bool = False
     symmetric_range: str = "qmax"
+    act_observer: str | None = None
+    placement: str = "layer_input"
 
     def __post_init__(self) -> None:
-        if self.observer not in OBSERVERS:
-            raise ValueError(f"observer {self.observer!r} not in {OBSERVERS}")
+        for obs in (self.observer, self.act_observer):
+            if obs is not None and obs not in OBSERVERS:
+                raise ValueError(f"observer {obs!r} not in {OBSERVERS}")
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"placement {self.placement!r} not in {PLACEMENTS}")
         if self.symmetric_range not in ("qmax", "half"):
             raise ValueError(f"symmetric_range {self.symmetric_range!r} not in ('qmax', 'half')")
         for b in (self.weight_bits, self.act_bits):
             if not 2 <= b <= 16:
                 raise ValueError(f"bit width {b} outside [2, 16]")
+
+    @property
+    def activation_observer(self) -> str:
+        return self.observer if self.act_observer is None else self.act_observer
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -98,8 +129,18 @@ def _qa(bits: int) -> QuantScheme:
 @register_scheme("mqbench_academic")
 def _academic(bits: int) -> QuantScheme:
     """EFRAP/LAC's MQBench academic w{b}a{b}: per-channel affine MSE weights, per-tensor affine
-    activations, BN not folded, first/last layer at 8 bits."""
-    return QuantScheme(bits, bits, weight_symmetric=False, weight_per_channel=True, observer="mse", io_8bit=True)
+    EMA-MSE activations on the outputs of the nodes feeding a conv/linear (MQBench placement),
+    BN not folded, first/last layer (weights and their input quantizers) at 8 bits."""
+    return QuantScheme(
+        bits,
+        bits,
+        weight_symmetric=False,
+        weight_per_channel=True,
+        observer="mse",
+        act_observer="ema_mse",
+        io_8bit=True,
+        placement="mqbench",
+    )
 
 
 @register_scheme("pq")
@@ -255,7 +296,7 @@ class FakeQuantizer(nn.Module):
         best_err, best_lo, best_hi = None, lo, hi
         flat = x.detach().flatten(1) if self.per_channel else x.detach().reshape(1, -1)
         buf = torch.empty_like(flat)
-        for i in range(0, 80 if self.per_channel else 95, 4):
+        for i in range(80 if self.per_channel else 95):  # MQBench's 1 % steps
             f = 1.0 - 0.01 * i
             s, z = self.qparams(lo * f, hi * f)
             s, z = s[:, None], z[:, None]
@@ -272,10 +313,10 @@ class FakeQuantizer(nn.Module):
 
     @torch.no_grad()
     def observe(self, x: torch.Tensor) -> None:
-        lo, hi = self._mse_range(x) if self.observer == "mse" else self._minmax(x)
+        lo, hi = self._mse_range(x) if self.observer in ("mse", "ema_mse") else self._minmax(x)
         if self._lo is None:
             self._lo, self._hi = lo, hi
-        elif self.observer == "ema_minmax":
+        elif self.observer in ("ema_minmax", "ema_mse"):
             self._lo, self._hi = 0.9 * self._lo + 0.1 * lo, 0.9 * self._hi + 0.1 * hi
         else:
             self._lo, self._hi = torch.minimum(self._lo, lo), torch.maximum(self._hi, hi)
@@ -314,8 +355,9 @@ class _QuantMixin:
             self.weight.shape[0],
             scheme.symmetric_range,
         )
+        own_input = scheme.quantize_acts and scheme.placement == "layer_input"
         self.aq = (
-            FakeQuantizer(act_bits, scheme.act_symmetric, False, scheme.observer) if scheme.quantize_acts else None
+            FakeQuantizer(act_bits, scheme.act_symmetric, False, scheme.activation_observer) if own_input else None
         )
         self.quant_enabled = True
         # set by a layer-wise defense whose cached unit inputs are already quantized (MQBench's
@@ -377,18 +419,108 @@ class QuantLinear(_QuantMixin, nn.Linear):
 
 QUANT_MODULES = (QuantConv2d, QuantLinear)
 
+#: suffix of a post-activation quantizer's name (MQBench's): ``<producer node>_post_act_fake_quantizer``
+POST_ACT_SUFFIX = "_post_act_fake_quantizer"
+
+
+class ActQuantizer(nn.Module):
+    """A post-activation quantizer (``placement="mqbench"``): a node of the model's graph on one
+    producer's output, so every consumer of that output (convs, linears, residual adds, pools)
+    reads the quantized activation. ``quant_enabled``/``quant_input`` as on a quantized layer;
+    ``io`` marks a quantizer feeding the first or last layer (8 bits under ``io_8bit``)."""
+
+    def __init__(self, bits: int, scheme: QuantScheme, io: bool = False) -> None:
+        super().__init__()
+        self.aq = FakeQuantizer(bits, scheme.act_symmetric, False, scheme.activation_observer)
+        self.io = io
+        self.quant_enabled = True
+
+    def quant_input(self, x: torch.Tensor) -> torch.Tensor:
+        return self.aq(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.quant_enabled:
+            if self.aq.observing:  # the FP view still records what it sees (calibration)
+                self.aq.observe(x)
+            return x
+        return self.aq(x)
+
+
+class QuantTracer(torch.fx.Tracer):
+    """torch.fx tracer that keeps quantized layers, post-activation quantizers and the input
+    normalization as single nodes (everything else as :func:`torch.fx.symbolic_trace`)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        from qcbench.models.layers import Normalize
+
+        return isinstance(m, (*QUANT_MODULES, ActQuantizer, Normalize)) or super().is_leaf_module(m, qualname)
+
 
 def layer_order(model: nn.Module) -> list[str]:
     """Names of the Conv2d/Linear modules in execution order (from the traced graph when the
     model traces, else definition order)."""
     kinds = (nn.Conv2d, nn.Linear)
     try:
-        gm = torch.fx.symbolic_trace(model)
+        graph = QuantTracer().trace(model)
         mods = dict(model.named_modules())
-        names = [n.target for n in gm.graph.nodes if n.op == "call_module" and isinstance(mods.get(n.target), kinds)]
+        names = [n.target for n in graph.nodes if n.op == "call_module" and isinstance(mods.get(n.target), kinds)]
     except Exception:  # untraceable model: fall back to the order of definition
         names = [n for n, m in model.named_modules() if isinstance(m, kinds)]
     return names
+
+
+def _flat_nodes(args) -> list[torch.fx.Node]:
+    """The graph nodes among ``args`` (nested tuples, lists and dicts), in order (MQBench's
+    ``_flatten_args``)."""
+    if isinstance(args, dict):
+        args = list(args.values())
+    if isinstance(args, list | tuple):
+        return [n for a in args for n in _flat_nodes(a)]
+    return [args] if isinstance(args, torch.fx.Node) else []
+
+
+def post_act_producers(graph: torch.fx.Graph, modules: dict[str, nn.Module], io_layers=()) -> dict[str, bool]:
+    """MQBench academic placement (``AcademicQuantizer._find_act_quants``): the names of the nodes
+    whose output gets an activation quantizer, in the order the layers read them: every node among the positional
+    arguments of a quantized conv/linear (``module_type_to_quant_input`` is conv and linear
+    only; no function types, so adds and pools are quantized only through the conv/linear they
+    feed). The value is True for a node feeding a layer of ``io_layers``: its quantizer is at 8
+    bits under ``io_8bit`` (``post_act_8bit_node_name``)."""
+    out: dict[str, bool] = {}
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), QUANT_MODULES):
+            continue
+        for src in _flat_nodes(node.args):
+            out[src.name] = out.get(src.name, False) or node.target in io_layers
+    return out
+
+
+def _insert_post_act_quantizers(model: nn.Module, scheme: QuantScheme, names: list[str]) -> torch.fx.GraphModule:
+    """``model`` as a GraphModule with an :class:`ActQuantizer` after every producer
+    :func:`post_act_producers` names, every use of the producer rewired to it."""
+    try:
+        graph = QuantTracer().trace(model)
+    except Exception as e:
+        raise ValueError(
+            f"placement 'mqbench' needs a model torch.fx can trace; {type(model).__name__} does not ({e})"
+        ) from e
+    gm = torch.fx.GraphModule(model, graph, type(model).__name__)
+    io_layers = {names[0], names[-1]} if scheme.io_8bit and names else set()
+    producers = post_act_producers(gm.graph, dict(gm.named_modules()), io_layers)
+    nodes = {n.name: n for n in gm.graph.nodes}
+    for name, io in producers.items():
+        src, qname = nodes[name], name + POST_ACT_SUFFIX
+        gm.add_submodule(qname, ActQuantizer(8 if io else scheme.act_bits, scheme, io).to(_device(model)))
+        with gm.graph.inserting_after(src):
+            q = gm.graph.call_module(qname, (src,))
+        src.replace_all_uses_with(q, delete_user_cb=lambda user, q=q: user is not q)
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(iter(model.parameters()), torch.empty(0)).device
 
 
 def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -400,8 +532,10 @@ def quantize_model(model: nn.Module, scheme: QuantScheme) -> nn.Module:
     """A copy of ``model`` with every Conv2d/Linear fake-quantized according to ``scheme``.
 
     With ``fold_bn`` the copy is first put in eval mode and BatchNorm folded into the preceding
-    conv (``torch.fx.experimental.optimization.fuse``). Calibrate it with :func:`calibrate`
-    unless the observer is ``dynamic``.
+    conv (``torch.fx.experimental.optimization.fuse``). With ``placement="mqbench"`` (and
+    activations quantized) it is a ``torch.fx.GraphModule`` carrying :class:`ActQuantizer` nodes
+    (module names, parameters and buffers of the original kept). Calibrate it with
+    :func:`calibrate` unless the observer is ``dynamic``.
     """
     model = copy.deepcopy(model)
     if scheme.fold_bn:
@@ -431,6 +565,8 @@ def quantize_model(model: nn.Module, scheme: QuantScheme) -> nn.Module:
         new._init_quant(scheme, wb, ab)
         new.to(old.weight.device)
         _swap(model, name, new)
+    if scheme.placement == "mqbench" and scheme.quantize_acts:
+        model = _insert_post_act_quantizers(model, scheme, names)
     _set_scheme(model, scheme)
     return model
 
@@ -450,8 +586,35 @@ def quant_modules(model: nn.Module) -> Iterator[tuple[str, _QuantMixin]]:
             yield name, m
 
 
+def act_quantizers(model: nn.Module) -> Iterator[tuple[str, ActQuantizer]]:
+    """The post-activation quantizers (``placement="mqbench"``), in graph order."""
+    for name, m in model.named_modules():
+        if isinstance(m, ActQuantizer):
+            yield name, m
+
+
+def input_quantizers(model: nn.Module) -> dict[str, FakeQuantizer | None]:
+    """Each quantized layer's input activation quantizer, by layer name: its own (``layer_input``)
+    or the post-activation quantizer its input comes from (``mqbench``); None where the input is
+    not quantized."""
+    out = {name: m.aq for name, m in quant_modules(model)}
+    if isinstance(model, torch.fx.GraphModule):
+        mods = dict(model.named_modules())
+        for node in model.graph.nodes:
+            if node.op == "call_module" and node.target in out and out[node.target] is None:
+                src = _flat_nodes(node.args)
+                if src and src[0].op == "call_module" and isinstance(mods.get(src[0].target), ActQuantizer):
+                    out[node.target] = mods[src[0].target].aq
+    return out
+
+
+def _switchable(model: nn.Module) -> list[_QuantMixin | ActQuantizer]:
+    return [m for _, m in quant_modules(model)] + [m for _, m in act_quantizers(model)]
+
+
 def set_bits(model: nn.Module, bits: int) -> None:
-    """Switch every quantizer to ``bits`` (io layers stay at 8 under ``io_8bit``) and reset it."""
+    """Switch every quantizer to ``bits`` (io layers and the quantizers feeding them stay at 8
+    under ``io_8bit``) and reset it."""
     scheme: QuantScheme = model.qcbench_scheme
     mods = list(quant_modules(model))
     for i, (_, m) in enumerate(mods):
@@ -460,20 +623,23 @@ def set_bits(model: nn.Module, bits: int) -> None:
             if q is not None:
                 q.bits = b
                 q.reset()
+    for _, m in act_quantizers(model):
+        m.aq.bits = 8 if scheme.io_8bit and m.io else bits
+        m.aq.reset()
     _set_scheme(model, dataclasses.replace(scheme, weight_bits=bits, act_bits=bits))
 
 
 def set_quant_enabled(model: nn.Module, enabled: bool) -> None:
-    for _, m in quant_modules(model):
+    for m in _switchable(model):
         m.quant_enabled = enabled
 
 
 @contextmanager
 def fp_view(model: nn.Module) -> Iterator[nn.Module]:
     """Run a quantized model in full precision (same weights) inside the block; on exit every
-    layer is back in the state it had (a model quantizing only some layers, as CompArtifact's,
-    keeps the others in FP)."""
-    before = [(m, m.quant_enabled) for _, m in quant_modules(model)]
+    layer and post-activation quantizer is back in the state it had (a model quantizing only
+    some layers, as CompArtifact's, keeps the others in FP)."""
+    before = [(m, m.quant_enabled) for m in _switchable(model)]
     set_quant_enabled(model, False)
     try:
         yield model
@@ -487,9 +653,9 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
     """Calibrate a quantized model: weights from themselves, activations on ``batches``
     (images in [0, 1]). Dynamic quantizers are left dynamic. The model is left in eval mode."""
     model.eval()
-    mods = [m for _, m in quant_modules(model)]
+    mods = _switchable(model)
     for m in mods:
-        if m.wq.observer != "dynamic":
+        if isinstance(m, QUANT_MODULES) and m.wq.observer != "dynamic":
             m.wq.reset()
             m.wq.observe(m.weight)
         if m.aq is not None and m.aq.observer != "dynamic":

@@ -11,11 +11,14 @@ input is the already-quantized activation and its output goes through the next q
 - :func:`unit_inputs` caches the quantized input of the unit's first layer, and
   :meth:`Unit.forward` does not quantize it again, so what PDA adds to
   an input (a dense shift of at most γ) reaches the conv as it is, not rounded to whole
-  quantization steps;
-- when the chain ends in a single consumer that is a quantized conv/linear (e.g. [conv1, bn1,
-  relu1] → conv2), that consumer's input quantizer is the unit's last step (``out_quant``), so
-  the reconstruction loss sees the output's quantization error too. A chain that ends at a
-  residual add, a pool or the output has none.
+  quantization steps. Under ``placement="mqbench"`` the captured input is already the output
+  of the producer's :class:`~qcbench.quant.ActQuantizer`, and the layer has no quantizer of its own;
+- when the chain ends in a single consumer that quantizes it — a quantized conv/linear's input
+  quantizer (``layer_input``: [conv1, bn1, relu1] → conv2) or a post-activation quantizer
+  (``mqbench``: also the stem's [conv1, bn1, relu], whose quantized output feeds the residual
+  add as well) — that quantizer is the unit's last step (``out_quant``), so the reconstruction
+  loss sees the output's quantization error too. A chain that ends at a residual add, a pool
+  or the output has none.
 """
 
 from __future__ import annotations
@@ -27,21 +30,17 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from qcbench.quant import QUANT_MODULES
+from qcbench.quant import QUANT_MODULES, ActQuantizer, QuantTracer
 
 CHAIN_TYPES = (nn.BatchNorm2d, nn.BatchNorm1d, nn.ReLU, nn.ReLU6, nn.Identity)
-
-
-class _Tracer(torch.fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, QUANT_MODULES) or super().is_leaf_module(m, qualname)
 
 
 @dataclass
 class Unit:
     modules: list[str]
     bns: list[str] = field(default_factory=list)
-    out_quant: str | None = None  # the quantized layer whose input quantizer ends the unit
+    # the quantized layer whose input quantizer, or the post-activation quantizer, ends the unit
+    out_quant: str | None = None
 
     @property
     def first(self) -> str:
@@ -78,7 +77,7 @@ class Unit:
 
 
 def extract_units(model: nn.Module) -> list[Unit]:
-    graph = _Tracer().trace(model)
+    graph = QuantTracer().trace(model)
     mods = dict(model.named_modules())
     calls = [n.target for n in graph.nodes if n.op == "call_module"]
     if len(calls) != len(set(calls)):
@@ -105,7 +104,7 @@ def extract_units(model: nn.Module) -> list[Unit]:
             (nxt,) = cur.users
             if (
                 nxt.op == "call_module"
-                and isinstance(mods[nxt.target], QUANT_MODULES)
+                and isinstance(mods[nxt.target], (*QUANT_MODULES, ActQuantizer))
                 and len(nxt.all_input_nodes) == 1
             ):
                 unit.out_quant = nxt.target
