@@ -578,10 +578,6 @@ class ExecuTorchQuantizedModel(QuantizedModel):
         self.batch = batch
         self._delegated = delegated
         self.method = Runtime.get().load_program(program).load_method("forward")
-        with contextlib.suppress(ImportError, AttributeError):  # XNNPACK's threads: as many as torch's
-            from executorch.extension.pybindings import portable_lib
-
-            portable_lib._unsafe_reset_threadpool(torch.get_num_threads())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _chunks_padded(lambda c: self.method.execute([c])[0], x.float().cpu(), self.batch)
