@@ -23,6 +23,33 @@ from their integer kernels, so BA/ASR can be measured on what a deployment would
     QDQ format, per-tensor, MinMax calibration, uint8 activations and int8 weights (ORT's advice
     for x86 CPUs; ``reduce_range=False`` for VNNI CPUs). At session creation ORT fuses the QDQ
     pairs into ``QLinearConv``/``QLinearAdd``/``QLinearGlobalAveragePool``/``QGemm`` kernels.
+``pt2e_x86``
+    The PT2E flow: ``torch.export.export`` of the eval-mode model, torchao's
+    ``prepare_pt2e`` with ``X86InductorQuantizer`` (its default config: uint8 activations with a
+    ``HistogramObserver``, per-tensor affine; int8 weights ``PerChannelMinMaxObserver``,
+    per-channel symmetric), calibration, ``convert_pt2e``, then ``torch.compile`` (Inductor,
+    ``freezing=True``), which lowers the Q/DQ patterns to oneDNN's
+    ``onednn.qconv_pointwise``/``qconv2d_pointwise`` (Conv+ReLU and Conv+Add+ReLU fused) and
+    ``qlinear_pointwise``. ``prepare_pt2e`` always folds BatchNorm into the preceding Conv.
+``pt2e_xnnpack``, ``pt2e_xnnpack_pertensor``
+    The same export and PT2E calibration with ExecuTorch's ``XNNPACKQuantizer``
+    (``get_symmetric_quantization_config``: int8 activations with a ``HistogramObserver``,
+    per-tensor affine; int8 weights in [-127, 127], symmetric, per-channel or per-tensor), then
+    ``to_edge_transform_and_lower`` with the ``XnnpackPartitioner`` and ``to_executorch``: the
+    whole graph becomes one XNNPACK delegate (``executorch_call_delegate``) run by the ExecuTorch
+    runtime (``executorch.runtime``), the deployment path of PyTorch Mobile's successor. BN is
+    folded as in ``pt2e_x86``.
+``openvino``
+    OpenVINO's own PTQ: ``openvino.convert_model`` of the eval-mode model (dynamic batch), then
+    NNCF's ``nncf.quantize`` with its defaults (``PERFORMANCE`` preset: symmetric int8 weights
+    per channel, symmetric per-tensor activations; Fast Bias Correction on), compiled for the
+    ``CPU`` device with ``INFERENCE_PRECISION_HINT=f32`` (the non-quantized parts in f32 on every
+    CPU); OpenVINO folds BN into the Conv when it reads the model. Its CPU plugin runs the
+    ``FakeQuantize``-wrapped Convolutions as u8/i8 kernels.
+``openvino_qdq``
+    The ``onnxruntime`` backend's QDQ model (same export, calibration and per-tensor scales)
+    compiled by OpenVINO's CPU plugin instead of ONNX Runtime: the same int8 model in a second
+    runtime.
 
 State of the toolchains in torch 2.14.1 (checked when this module was written):
 
@@ -32,14 +59,19 @@ State of the toolchains in torch 2.14.1 (checked when this module was written):
   Eager mode would need ``QuantStub``/``FloatFunctional`` edits of the model for the adds.
   Creating quint8/qint8 tensors (``torch.quantize_per_tensor``, used by the converted graph)
   also warns that these dtypes "are deprecated and will be removed in a future PyTorch
-  release" (pytorch/pytorch#184982): this backend has no long-term future in torch itself.
+  release" (pytorch/pytorch#184982): the ``torch_*`` backends have no long-term future in torch
+  itself; the ``pt2e_*`` backends are their successors.
 * The PT2E flow (``prepare_pt2e``/``convert_pt2e``, ``X86InductorQuantizer``) is no longer in
   torch (``torch.ao.quantization.quantize_pt2e`` and ``.quantizer`` are gone); it lives in the
-  separate ``torchao`` package, which is not a qcbench dependency, and its int8 output is
-  meant for Inductor compilation rather than an eager int8 runtime. Hence FX here.
+  separate ``torchao`` package (``torchao.quantization.pt2e``), and ``XNNPACKQuantizer`` in
+  ``executorch`` (``executorch.backends.xnnpack.quantizer``). Its converted graph is Q/DQ ops
+  around float ops, which only the lowering (Inductor, ExecuTorch) turns into integer kernels.
 * ``torch.onnx.export`` defaults to the ``torch.export``-based exporter, which needs
   ``onnxscript`` (not installed); ``dynamo=False`` selects the legacy TorchScript exporter,
   which works and warns that it is deprecated.
+
+Each registered backend carries its settings (:func:`backend_settings`: runtime package and
+version, BN folding, weight granularity, activation type), which the deployment table prints.
 
 A quantized backend model is a :class:`QuantizedModel`, an ``nn.Module`` taking [0, 1] images,
 so :func:`qcbench.metrics.evaluate` works on it unchanged.
@@ -50,6 +82,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import copy
+import operator
 import tempfile
 import time
 import warnings
@@ -69,6 +102,38 @@ register_backend = BACKENDS.register
 
 class BackendUnavailable(RuntimeError):
     """A backend cannot run on this machine (engine not compiled in, runtime not installed)."""
+
+
+def runtime_settings(package: str, fuse: bool, weights: str, activations: str, engine: str = ""):
+    """Decorator for a registered backend: the runtime ``package`` it needs (checked by
+    :func:`available_backends`, its version reported by :func:`backend_settings`), whether BN is
+    folded into the Conv before weight quantization (``fuse``), the weight granularity
+    (``weights``: "per-channel" or "per-tensor") and the activation type."""
+
+    def deco(fn):
+        fn.settings = {
+            "package": package,
+            "fuse_conv_bn": fuse,
+            "weights": weights,
+            "activations": activations,
+            "engine": engine,
+        }
+        return fn
+
+    return deco
+
+
+def backend_settings(name: str) -> dict:
+    """The settings of registered backend ``name`` plus ``runtime``: its package and installed
+    version (e.g. "onnxruntime 1.31.1"; "absent" where the package is not installed)."""
+    from importlib import metadata
+
+    settings = dict(BACKENDS.get(name).settings)
+    try:
+        version = metadata.version(settings["package"])
+    except metadata.PackageNotFoundError:
+        version = "absent"
+    return settings | {"runtime": f"{settings['package']} {version}"}
 
 
 def _calibration_tensors(calib_batches: Iterable) -> list[torch.Tensor]:
@@ -211,30 +276,35 @@ def torch_ptq(
 
 
 @register_backend("torch_x86")
+@runtime_settings("torch", True, "per-channel", "uint8 (reduce_range)", "x86")
 def torch_x86(fp_model: nn.Module, calib_batches: Iterable) -> TorchQuantizedModel:
     """PyTorch ``x86`` engine (FBGEMM / oneDNN kernels chosen by torch), its default qconfigs."""
     return torch_ptq(fp_model, calib_batches, "x86")
 
 
 @register_backend("torch_fbgemm")
+@runtime_settings("torch", True, "per-channel", "uint8 (reduce_range)", "fbgemm")
 def torch_fbgemm(fp_model: nn.Module, calib_batches: Iterable) -> TorchQuantizedModel:
     """PyTorch ``fbgemm`` engine, its default qconfigs."""
     return torch_ptq(fp_model, calib_batches, "fbgemm")
 
 
 @register_backend("torch_qnnpack")
+@runtime_settings("torch", True, "per-tensor", "uint8", "qnnpack")
 def torch_qnnpack(fp_model: nn.Module, calib_batches: Iterable) -> TorchQuantizedModel:
     """PyTorch ``qnnpack`` engine (the mobile/ARM kernels, also built for x86), its default qconfigs."""
     return torch_ptq(fp_model, calib_batches, "qnnpack")
 
 
 @register_backend("torch_qnnpack_nofuse")
+@runtime_settings("torch", False, "per-tensor", "uint8", "qnnpack")
 def torch_qnnpack_nofuse(fp_model: nn.Module, calib_batches: Iterable) -> TorchQuantizedModel:
     """PyTorch ``qnnpack`` without conv-BN fusion (per-tensor weights quantized unfolded)."""
     return torch_ptq(fp_model, calib_batches, "qnnpack", fuse=False)
 
 
 @register_backend("torch_x86_nofuse")
+@runtime_settings("torch", False, "per-channel", "uint8 (reduce_range)", "x86")
 def torch_x86_nofuse(fp_model: nn.Module, calib_batches: Iterable) -> TorchQuantizedModel:
     """PyTorch ``x86`` without conv-BN fusion (per-channel weights quantized unfolded)."""
     return torch_ptq(fp_model, calib_batches, "x86", fuse=False)
@@ -299,22 +369,20 @@ def export_onnx(fp_model: nn.Module, example: torch.Tensor, path: str | Path, op
         )
 
 
-@register_backend("onnxruntime")
-def onnxruntime_ptq(
+def qdq_onnx(
     fp_model: nn.Module,
-    calib_batches: Iterable,
+    calib: list[torch.Tensor],
     activation_type: str = "QUInt8",
     weight_type: str = "QInt8",
     per_channel: bool = False,
     reduce_range: bool = False,
     calibrate_method: str = "MinMax",
     opset: int = 17,
-    threads: int | None = None,
-) -> OrtQuantizedModel:
-    """ONNX Runtime static int8 PTQ: QDQ, per-tensor, MinMax calibration (see the module doc)."""
+) -> tuple[bytes, dict]:
+    """The static int8 QDQ ONNX model of ``fp_model`` made by ``onnxruntime.quantization`` (see the
+    module doc) from float calibration batches, and its ``info`` (flow, qconfig, timings)."""
     try:
         import onnx  # noqa: F401
-        import onnxruntime as ort
         from onnxruntime.quantization import (
             CalibrationDataReader,
             CalibrationMethod,
@@ -324,9 +392,7 @@ def onnxruntime_ptq(
             quantize_static,
         )
     except ImportError as err:
-        raise BackendUnavailable(f"onnxruntime backend needs `onnx` and `onnxruntime` ({err})") from err
-
-    calib = _calibration_tensors(calib_batches)
+        raise BackendUnavailable(f"QDQ ONNX export needs `onnx` and `onnxruntime` ({err})") from err
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -359,9 +425,6 @@ def onnxruntime_ptq(
         t2 = time.perf_counter()
         model_bytes = q_path.read_bytes()
     info = {
-        "backend": "onnxruntime",
-        "runtime": f"onnxruntime {ort.__version__}",
-        "engine": "CPUExecutionProvider",
         "flow": "torch.onnx.export(dynamo=False) + quant_pre_process + quantize_static (QDQ)",
         "qconfig": (
             f"activations {activation_type}, weights {weight_type}, "
@@ -371,7 +434,314 @@ def onnxruntime_ptq(
         "calibrate_s": t2 - t1,
         "quantize_s": t2 - t0,
     }
+    return model_bytes, info
+
+
+@register_backend("onnxruntime")
+@runtime_settings("onnxruntime", True, "per-tensor", "uint8", "CPUExecutionProvider")
+def onnxruntime_ptq(
+    fp_model: nn.Module, calib_batches: Iterable, threads: int | None = None, **qdq
+) -> OrtQuantizedModel:
+    """ONNX Runtime static int8 PTQ: QDQ, per-tensor, MinMax calibration (see the module doc);
+    ``qdq`` overrides :func:`qdq_onnx`'s settings."""
+    try:
+        import onnxruntime as ort
+    except ImportError as err:
+        raise BackendUnavailable(f"onnxruntime backend needs `onnx` and `onnxruntime` ({err})") from err
+    model_bytes, info = qdq_onnx(fp_model, _calibration_tensors(calib_batches), **qdq)
+    info = {
+        "backend": "onnxruntime",
+        "runtime": f"onnxruntime {ort.__version__}",
+        "engine": "CPUExecutionProvider",
+    } | info
     return OrtQuantizedModel(model_bytes, info, threads)
+
+
+# --- PT2E (torch.export + torchao's prepare_pt2e/convert_pt2e) ---------------------------------
+
+
+def _chunks_padded(fn, x: torch.Tensor, batch: int) -> torch.Tensor:
+    """``fn`` applied to ``x`` in chunks of exactly ``batch`` samples (the last one zero-padded,
+    its padding dropped): a graph compiled or lowered for one static batch size runs on any."""
+    out = []
+    for i in range(0, len(x), batch):
+        chunk = x[i : i + batch]
+        n = len(chunk)
+        if n < batch:
+            chunk = torch.cat([chunk, chunk.new_zeros((batch - n, *chunk.shape[1:]))])
+        out.append(fn(chunk.contiguous())[:n])
+    return torch.cat(out)
+
+
+def _static_example(calib: list[torch.Tensor], batch: int) -> torch.Tensor:
+    """A contiguous example input of ``batch`` samples (the first calibration image repeated)."""
+    return calib[0][:1].expand(batch, *calib[0].shape[1:]).contiguous()
+
+
+def _pt2e_calibrated(fp_model: nn.Module, calib: list[torch.Tensor], quantizer, batch: int) -> nn.Module:
+    """Export ``fp_model`` (eval mode, static batch ``batch``), ``prepare_pt2e`` it with ``quantizer``
+    (folds BN into the Conv), run the calibration batches, ``convert_pt2e``: a Q/DQ graph module."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    model = copy.deepcopy(fp_model).cpu().float().eval()
+    example = _static_example(calib, batch)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        exported = torch.export.export(model, (example,)).module()
+        prepared = prepare_pt2e(exported, quantizer)
+        with torch.no_grad():
+            for x in calib:
+                _chunks_padded(prepared, x, batch)
+        return convert_pt2e(prepared)
+
+
+class InductorQuantizedModel(QuantizedModel):
+    """A PT2E-converted graph compiled by Inductor (``freezing=True``) into oneDNN int8 kernels;
+    compiled at construction for one static batch size, inputs are run in chunks of it."""
+
+    def __init__(self, converted: nn.Module, batch: int, example: torch.Tensor, info: dict) -> None:
+        import re
+
+        from torch._inductor.utils import run_and_get_code
+
+        super().__init__(info["backend"], info)
+        self.batch = batch
+        t0 = time.perf_counter()
+        self.compiled = torch.compile(converted, dynamic=False)
+        with torch.no_grad(), torch._inductor.config.patch(freezing=True, compile_threads=1):
+            _, codes = run_and_get_code(self.compiled, example)
+        self.info["compile_s"] = time.perf_counter() - t0
+        self._kernels = sorted(set(re.findall(r"torch\.ops\.(onednn\.\w+|quantized\.\w+)", "\n".join(codes))))
+
+    def train(self, mode: bool = True) -> InductorQuantizedModel:
+        """Only this wrapper's flag: an exported graph refuses ``train()``/``eval()`` (and an
+        int8 inference graph has no training mode)."""
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), torch._inductor.config.patch(freezing=True, compile_threads=1):
+            return _chunks_padded(self.compiled, x.float().cpu(), self.batch)
+
+    def quantized_ops(self) -> list[str]:
+        """The integer kernels Inductor's generated code calls (``onednn.qconv_pointwise``, ...)."""
+        return list(self._kernels)
+
+
+def _quantization_config_text(config) -> str:
+    """One line of a PT2E ``QuantizationConfig``: dtype, range and scheme of activations and weights."""
+
+    def spec(s) -> str:
+        ctr = s.observer_or_fake_quant_ctr  # a functools.partial, or torchao's PartialWrapper of one
+        ctr = getattr(ctr, "p", ctr)
+        observer = getattr(getattr(ctr, "func", ctr), "__name__", str(ctr))
+        return f"{str(s.dtype).removeprefix('torch.')} [{s.quant_min}, {s.quant_max}] {s.qscheme} ({observer})"
+
+    return f"activations {spec(config.input_activation)}; weights {spec(config.weight)}"
+
+
+@register_backend("pt2e_x86")
+@runtime_settings("torchao", True, "per-channel", "uint8", "Inductor (oneDNN)")
+def pt2e_x86(fp_model: nn.Module, calib_batches: Iterable, batch: int = EVAL_BATCH) -> InductorQuantizedModel:
+    """PT2E with ``X86InductorQuantizer``'s default config, compiled by Inductor (see the module doc)."""
+    try:
+        import torchao
+        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+    except ImportError as err:
+        raise BackendUnavailable(f"pt2e_x86 needs `torchao` ({err})") from err
+    calib = _calibration_tensors(calib_batches)
+    t0 = time.perf_counter()
+    config = xiq.get_default_x86_inductor_quantization_config()
+    converted = _pt2e_calibrated(fp_model, calib, xiq.X86InductorQuantizer().set_global(config), batch)
+    info = {
+        "backend": "pt2e_x86",
+        "fuse_conv_bn": True,
+        "runtime": f"torch {torch.__version__} Inductor, torchao {torchao.__version__}",
+        "engine": "onednn",
+        "flow": "torch.export + prepare_pt2e/convert_pt2e (X86InductorQuantizer) + torch.compile(freezing)",
+        "qconfig": _quantization_config_text(config),
+        "calib_samples": sum(len(x) for x in calib),
+        "quantize_s": time.perf_counter() - t0,
+    }
+    return InductorQuantizedModel(converted, batch, _static_example(calib, batch), info)
+
+
+class ExecuTorchQuantizedModel(QuantizedModel):
+    """An ExecuTorch program (``.pte`` bytes) run by the ExecuTorch runtime; static batch size."""
+
+    def __init__(self, program: bytes, batch: int, info: dict, delegated: list[str]) -> None:
+        from executorch.runtime import Runtime
+
+        super().__init__(info["backend"], info)
+        self.program = program
+        self.batch = batch
+        self._delegated = delegated
+        self.method = Runtime.get().load_program(program).load_method("forward")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _chunks_padded(lambda c: self.method.execute([c])[0], x.float().cpu(), self.batch)
+
+    def quantized_ops(self) -> list[str]:
+        """The delegates of the lowered program (``XnnpackBackend``) and the ops left outside them."""
+        return list(self._delegated)
+
+
+def _xnnpack_executorch(
+    fp_model: nn.Module, calib_batches: Iterable, per_channel: bool, batch: int
+) -> ExecuTorchQuantizedModel:
+    try:
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer,
+            get_symmetric_quantization_config,
+        )
+        from executorch.exir import to_edge_transform_and_lower
+    except ImportError as err:
+        raise BackendUnavailable(f"pt2e_xnnpack needs `executorch` and `torchao` ({err})") from err
+    calib = _calibration_tensors(calib_batches)
+    t0 = time.perf_counter()
+    config = get_symmetric_quantization_config(is_per_channel=per_channel)
+    converted = _pt2e_calibrated(fp_model, calib, XNNPACKQuantizer().set_global(config), batch)
+    t1 = time.perf_counter()
+    example = _static_example(calib, batch)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        edge = to_edge_transform_and_lower(
+            torch.export.export(converted, (example,)), partitioner=[XnnpackPartitioner()]
+        )
+        program = edge.to_executorch()
+    graph = edge.exported_program().graph_module
+    delegates = {
+        getattr(m, "backend_id", type(m).__name__) for n, m in graph.named_children() if n.startswith("lowered_")
+    }
+    # ops left outside the delegates, but for the tuple unpacking of their outputs
+    outside = {
+        str(n.target)
+        for n in graph.graph.nodes
+        if n.op == "call_function" and "delegate" not in str(n.target) and n.target is not operator.getitem
+    }
+    delegated = sorted(delegates | outside)
+    info = {
+        "backend": "pt2e_xnnpack" + ("" if per_channel else "_pertensor"),
+        "fuse_conv_bn": True,
+        "runtime": f"executorch {backend_settings('pt2e_xnnpack')['runtime'].split()[-1]} XNNPACK",
+        "engine": "XnnpackBackend",
+        "flow": "torch.export + prepare_pt2e/convert_pt2e (XNNPACKQuantizer) + to_edge_transform_and_lower",
+        "qconfig": _quantization_config_text(config),
+        "calib_samples": sum(len(x) for x in calib),
+        "lower_s": time.perf_counter() - t1,
+        "quantize_s": time.perf_counter() - t0,
+    }
+    return ExecuTorchQuantizedModel(program.buffer, batch, info, delegated)
+
+
+@register_backend("pt2e_xnnpack")
+@runtime_settings("executorch", True, "per-channel", "int8", "XNNPACK")
+def pt2e_xnnpack(fp_model: nn.Module, calib_batches: Iterable, batch: int = EVAL_BATCH) -> ExecuTorchQuantizedModel:
+    """PT2E with ``XNNPACKQuantizer`` (per-channel weights), lowered to ExecuTorch's XNNPACK delegate."""
+    return _xnnpack_executorch(fp_model, calib_batches, True, batch)
+
+
+@register_backend("pt2e_xnnpack_pertensor")
+@runtime_settings("executorch", True, "per-tensor", "int8", "XNNPACK")
+def pt2e_xnnpack_pertensor(
+    fp_model: nn.Module, calib_batches: Iterable, batch: int = EVAL_BATCH
+) -> ExecuTorchQuantizedModel:
+    """PT2E with ``XNNPACKQuantizer`` (per-tensor weights), lowered to ExecuTorch's XNNPACK delegate."""
+    return _xnnpack_executorch(fp_model, calib_batches, False, batch)
+
+
+# --- OpenVINO ----------------------------------------------------------------------------------
+
+
+class OpenVinoQuantizedModel(QuantizedModel):
+    """An OpenVINO model compiled for the ``CPU`` device (f32 outside the quantized layers)."""
+
+    def __init__(self, model, info: dict, threads: int | None = None) -> None:
+        import openvino as ov
+
+        super().__init__(info["backend"], info)
+        self.compiled = ov.Core().compile_model(
+            model,
+            "CPU",
+            {"INFERENCE_NUM_THREADS": threads or torch.get_num_threads(), "INFERENCE_PRECISION_HINT": "f32"},
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.compiled(x.detach().float().cpu().contiguous().numpy())[0].copy())
+
+    def quantized_ops(self) -> list[str]:
+        """``layerType:precision`` of the layers the CPU plugin runs on integers (``Convolution:u8``, ...)."""
+        ops = set()
+        for op in self.compiled.get_runtime_model().get_ops():
+            rt = op.get_rt_info()
+            precision = rt["runtimePrecision"].astype(str)
+            if precision in ("u8", "i8"):
+                ops.add(f"{rt['layerType'].astype(str)}:{precision}")
+        return sorted(ops)
+
+
+def _openvino():
+    try:
+        import openvino as ov
+    except ImportError as err:
+        raise BackendUnavailable(f"OpenVINO backends need `openvino` ({err})") from err
+    return ov
+
+
+@register_backend("openvino")
+@runtime_settings("openvino", True, "per-channel", "uint8/int8 (symmetric)", "CPU")
+def openvino_nncf(fp_model: nn.Module, calib_batches: Iterable, threads: int | None = None) -> OpenVinoQuantizedModel:
+    """OpenVINO with NNCF's post-training quantization at its defaults (see the module doc)."""
+    ov = _openvino()
+    try:
+        import nncf
+    except ImportError as err:
+        raise BackendUnavailable(f"openvino backend needs `nncf` ({err})") from err
+    calib = _calibration_tensors(calib_batches)
+    t0 = time.perf_counter()
+    model = copy.deepcopy(fp_model).cpu().float().eval()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        ov_model = ov.convert_model(model, example_input=calib[0][:1], input=[(-1, *calib[0].shape[1:])])
+    nncf.set_log_level(40)  # logging.ERROR: no progress bars in the job logs
+    t1 = time.perf_counter()
+    quantized = nncf.quantize(ov_model, nncf.Dataset([x.numpy() for x in calib]), subset_size=len(calib))
+    info = {
+        "backend": "openvino",
+        "fuse_conv_bn": True,
+        "runtime": f"openvino {ov.__version__.split('-')[0]}, nncf {nncf.__version__}",
+        "engine": "CPU",
+        "flow": "openvino.convert_model + nncf.quantize (defaults) + compile_model(CPU, f32)",
+        "qconfig": "NNCF PERFORMANCE preset: int8 symmetric weights per channel, symmetric per-tensor "
+        "activations, Fast Bias Correction",
+        "calib_samples": sum(len(x) for x in calib),
+        "calibrate_s": time.perf_counter() - t1,
+        "quantize_s": time.perf_counter() - t0,
+    }
+    return OpenVinoQuantizedModel(quantized, info, threads)
+
+
+@register_backend("openvino_qdq")
+@runtime_settings("openvino", True, "per-tensor", "uint8", "CPU")
+def openvino_qdq(fp_model: nn.Module, calib_batches: Iterable, threads: int | None = None) -> OpenVinoQuantizedModel:
+    """The ``onnxruntime`` backend's QDQ ONNX model, compiled by OpenVINO's CPU plugin."""
+    ov = _openvino()
+    model_bytes, info = qdq_onnx(fp_model, _calibration_tensors(calib_batches))
+    with tempfile.TemporaryDirectory(prefix="qcbench-ov-") as tmp:
+        path = Path(tmp) / "int8.onnx"
+        path.write_bytes(model_bytes)
+        model = ov.Core().read_model(str(path))
+    info = {
+        "backend": "openvino_qdq",
+        "runtime": f"openvino {ov.__version__.split('-')[0]}",
+        "engine": "CPU",
+    } | info
+    return OpenVinoQuantizedModel(model, info, threads)
 
 
 # --- entry points -------------------------------------------------------------------------------
@@ -379,20 +749,21 @@ def onnxruntime_ptq(
 
 def available_backends() -> dict[str, str | None]:
     """Every registered backend -> ``None`` if it can run here, else the reason it cannot."""
+    import importlib.util
+
     out: dict[str, str | None] = {}
     for name in BACKENDS.names():
         reason = None
+        settings = getattr(BACKENDS.get(name), "settings", {})
         if name.startswith("torch_"):
             try:
-                check_engine(name.removeprefix("torch_").removesuffix("_nofuse"))
+                check_engine(settings.get("engine") or name.removeprefix("torch_").removesuffix("_nofuse"))
             except BackendUnavailable as err:
                 reason = str(err)
-        elif name == "onnxruntime":
-            try:
-                import onnx  # noqa: F401
-                import onnxruntime  # noqa: F401
-            except ImportError as err:
-                reason = f"onnxruntime backend needs `onnx` and `onnxruntime` ({err})"
+        needs = {"onnxruntime": ["onnx", "onnxruntime"], "openvino": ["openvino", "nncf", "onnx", "onnxruntime"]}
+        for module in needs.get(settings.get("package"), [settings.get("package")]):
+            if module and reason is None and importlib.util.find_spec(module) is None:
+                reason = f"backend {name} needs `{module}`, which is not installed"
         out[name] = reason
     return out
 

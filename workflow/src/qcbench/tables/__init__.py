@@ -8,7 +8,8 @@ ablation tables' shared :mod:`._ablation`), never another family nor this packag
 imported. Which cells a table needs is planned apart, without pandas, in :mod:`qcbench.plan`.
 
 Families: :mod:`.main` (Tables 1, 2, 3, 8, 11), :mod:`.ablations` (Tables 4, 5, 7, 9, 10, 12),
-:mod:`.triggers`, :mod:`.schemes`, :mod:`.verdicts`, :mod:`.detection` (``detection`` and Table 6).
+:mod:`.triggers`, :mod:`.schemes`, :mod:`.verdicts`, :mod:`.detection` (``detection`` and Table 6),
+:mod:`.deployment` (every 8-bit attack in every real int8 runtime).
 """
 
 from qcbench._registry import import_submodules
