@@ -47,8 +47,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qcbench._registry import Registry
-
 #: bit widths with an exact ONNX integer type (the type's range is the quantizer's grid)
 ONNX_BITS = (4, 8)
 #: the opset of the exported graph: 17 at 8 bits, 21 (the first with INT4/UINT4) when a quantizer has 4 bits
@@ -474,13 +472,14 @@ def onnx_weight_codes(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 # -- deployments -------------------------------------------------------------------------------
-DEPLOYMENTS = Registry("deployment")
+#: export formats and the bit widths each holds exactly
+EXPORTS = {"onnx": ONNX_BITS}
 
 
 @dataclass(frozen=True)
 class Deployment:
-    """Where a purified model will run: the scheme family that runtime's own quantizer matches
-    (None: any), the bit widths it runs, the export it needs, and how the result is described."""
+    """Where a purified model will run: the registered scheme that runtime's own quantizer matches
+    (None: any), the bit widths it runs (None: any), the export it needs, and how it runs."""
 
     name: str
     scheme: str | None
@@ -497,19 +496,17 @@ class Deployment:
         )
 
 
-def _deployment(name, scheme, bits, export, runs):
-    DEPLOYMENTS.register(name)(lambda: Deployment(name, scheme, bits, export, runs))
-
-
-_deployment("simulated", None, None, None, "in qcbench's simulated quantizer (qcbench.export.load_purified)")
-_deployment(
-    "onnxruntime",
-    "ca",
-    ONNX_BITS,
-    "onnx",
-    "in ONNX Runtime from the exported model.onnx",
-)
+#: ``qcbench purify --deploy`` targets
+DEPLOYMENTS = {
+    d.name: d
+    for d in (
+        Deployment("simulated", None, None, None, "in qcbench's simulated quantizer (qcbench.export.load_purified)"),
+        Deployment("onnxruntime", "onnxruntime", ONNX_BITS, "onnx", "in ONNX Runtime from the exported model.onnx"),
+    )
+}
 
 
 def create_deployment(name: str) -> Deployment:
-    return DEPLOYMENTS.create(name)
+    if name not in DEPLOYMENTS:
+        raise KeyError(f"unknown deployment {name!r}; one of {list(DEPLOYMENTS)}")
+    return DEPLOYMENTS[name]
