@@ -132,7 +132,11 @@ def test_onnx_export_of_a_purified_backdoored_model_matches_the_simulated_one(
     argv += ["--labeled", str(folder / "labeled.safetensors"), "--trigger", '{"name": "patch"}', "--target", "0"]
     assert main(argv) == 0, capsys.readouterr().err
     stdout = capsys.readouterr().out
-    assert "ONNX QDQ model:" in stdout and "onnxruntime" in stdout and "Safe only when run" in stdout
+    assert "ONNX QDQ model:" in stdout and "onnxruntime" in stdout
+    assert (
+        "Safe only when run in qcbench's simulated quantizer (qcbench.export.load_purified) or in ONNX Runtime"
+        in stdout
+    )
     out = folder / "out"
     summary = json.loads((out / "summary.json").read_text())
     sim, ort = summary["metrics"]["purified"], summary["metrics"]["onnxruntime"]

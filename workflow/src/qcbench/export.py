@@ -474,6 +474,8 @@ def onnx_weight_codes(path: str | Path) -> dict[str, torch.Tensor]:
 # -- deployments -------------------------------------------------------------------------------
 #: export formats and the bit widths each holds exactly
 EXPORTS = {"onnx": ONNX_BITS}
+#: where an export runs
+EXPORT_RUNS = {"onnx": "in ONNX Runtime from the exported model.onnx"}
 
 
 @dataclass(frozen=True)
@@ -487,10 +489,14 @@ class Deployment:
     export: str | None
     runs: str
 
-    def safe_for(self, scheme: str, bits: int) -> str:
-        """The one sentence saying which deployment a purified result is safe for."""
+    def safe_for(self, scheme: str, bits: int, export: str | None = None) -> str:
+        """The one sentence saying which deployment a purified result is safe for (``export``: the
+        format also written, whose runtime runs the same quantizer)."""
+        runs = self.runs
+        if export is not None and export != self.export:
+            runs += f" or {EXPORT_RUNS[export]}"
         return (
-            f"Safe only when run {self.runs} with the exact {bits}-bit {scheme} quantizer recorded in "
+            f"Safe only when run {runs} with the exact {bits}-bit {scheme} quantizer recorded in "
             "model.json (weights as these integer codes, the recorded activation ranges fixed); "
             "re-quantizing or re-calibrating it, or running another quantizer, may bring the backdoor back."
         )
@@ -501,7 +507,7 @@ DEPLOYMENTS = {
     d.name: d
     for d in (
         Deployment("simulated", None, None, None, "in qcbench's simulated quantizer (qcbench.export.load_purified)"),
-        Deployment("onnxruntime", "onnxruntime", ONNX_BITS, "onnx", "in ONNX Runtime from the exported model.onnx"),
+        Deployment("onnxruntime", "onnxruntime", ONNX_BITS, "onnx", EXPORT_RUNS["onnx"]),
     )
 }
 

@@ -4,9 +4,12 @@
 Nothing here unpickles: checkpoints and tensor files must be safetensors (or ``.npy``/``.npz``
 read with ``allow_pickle=False``); a pickle or torch zip checkpoint is refused with
 :data:`qcbench.io.PICKLE_HELP`. The output folder holds ``model.safetensors`` + ``model.json``
-(loadable with :func:`qcbench.io.load_model`; the JSON records the scheme and every quantizer's
-scale/zero-point) and ``summary.json`` (settings, wall times, the per-unit log and, given labeled
-data and a trigger, BA/ASR of the FP, quantized and purified models).
+(the JSON records the scheme and the exact quantizer the defense purified for: every weight
+grid and activation range, :func:`qcbench.export.quantization_record`;
+:func:`qcbench.export.load_purified` rebuilds the model from it bit for bit), ``summary.json``
+(settings, wall times, the per-unit log, the deployment the result is safe for and, given labeled
+data and a trigger or triggered images, BA/ASR of the FP, quantized and purified models) and, with
+``export="onnx"``, ``model.onnx`` (:func:`qcbench.export.export_qdq_onnx`).
 
 Every input is checked before any quantization or optimisation (:func:`check_inputs`), each
 refusal a :class:`PurifyError` naming the flag and value. The defense stops at the first layer
@@ -754,7 +757,7 @@ def purify(
         wall["evaluate"] = time.perf_counter() - t0
     wall["total"] = time.perf_counter() - t_start
 
-    safe_for = deployment.safe_for(scheme, bits)
+    safe_for = deployment.safe_for(scheme, bits, export)
     settings_all = {
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": sha256_file(checkpoint),
