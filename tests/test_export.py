@@ -187,3 +187,23 @@ def test_deploy_onnxruntime_picks_its_scheme_exports_and_warns_on_another(receiv
     assert summary["settings"]["scheme_name"] == "mqbench_academic" and summary["settings"]["export"] is None
     assert not (received / "out" / "model.onnx").exists()
     assert summary["safe_for"].startswith("Safe only when run in qcbench's simulated quantizer")
+
+
+def test_a_quantizer_placed_on_a_producers_output_exports_where_it_runs(trained_tiny, tiny_splits, tmp_path):
+    """The exporter needs no knowledge of the placement: any FakeQuantizer module becomes a Q/DQ pair."""
+    from qcbench.quant import FakeQuantizer, create_scheme, quantize_model
+    from torch import nn
+
+    x = tiny_splits.defender.x[:64].float() / 255.0
+    q = calibrate(quantize_model(trained_tiny, create_scheme("pq", 8)), [x])
+    extra = FakeQuantizer(8, False, False, "minmax")
+    with torch.no_grad():
+        extra.observe(q.layers[0](q.bn1(q.conv1(q.normalize(x))).relu()))
+    q.layers[0] = nn.Sequential(q.layers[0], extra)
+    info = export.export_qdq_onnx(q, x, tmp_path / "m.onnx", bits=8)
+    assert info["activations"] == 11 and info["weights"] == 10
+    a, b = _logits(export.load_onnx(tmp_path / "m.onnx", threads=1), x), _logits(q, x)
+    assert (a - b).abs().max() < 0.05 and (a.argmax(1) == b.argmax(1)).float().mean() >= 0.98
+    extra.scale.fill_(extra.scale.item() * 4)  # the exported graph follows that quantizer's own range
+    export.export_qdq_onnx(q, x, tmp_path / "m4.onnx", bits=8)
+    assert not torch.equal(_logits(export.load_onnx(tmp_path / "m4.onnx", threads=1), x), a)

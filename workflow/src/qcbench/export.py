@@ -23,12 +23,13 @@ This module therefore never recalibrates:
     and run with :class:`qcbench.backends.OrtQuantizedModel`.
 
 What the exporter assumes of a model: its quantized layers are the ``QuantConv2d``/``QuantLinear``
-modules :func:`qcbench.quant.quant_modules` yields, each calling its ``wq`` on its weight and its
-``aq`` (when not None) on its input; whatever a quantizer's position in the graph, the exporter
-replaces the ``FakeQuantizer`` module by one that emits the QDQ nodes in place, so quantizers
-moved elsewhere in the graph export the same way as long as they are ``FakeQuantizer`` modules
-reachable through ``wq``/``aq``. A weight offset still attached, a CompArtifact dual forward or a
-QAT conv-BN fold (``fold_k``) is refused.
+modules :func:`qcbench.quant.quant_modules` yields, each quantizing its weight with its ``wq``
+(a ``FakeQuantizer`` on a fixed grid, exported as integer codes). Every other ``FakeQuantizer``
+module, wherever it sits (a layer's ``aq`` on its input, or a quantizer placed on a producer's
+output), is exported as a per-tensor ``QuantizeLinear`` + ``DequantizeLinear`` pair at the point of
+the graph where it runs: the exporter swaps each ``FakeQuantizer`` module for one that leaves a
+tagged node in the traced graph, so it needs no knowledge of the placement. A weight offset still
+attached, a CompArtifact dual forward or a QAT conv-BN fold (``fold_k``) is refused.
 
 ONNX Runtime 1.31 runs these graphs on its CPU provider at 8 and at 4 bits (int4/uint4
 ``QuantizeLinear``/``DequantizeLinear``, opset 21). Because the quantizers sit on the layers'
@@ -287,56 +288,70 @@ def _check_quantizer(q, where: str) -> None:
 
 
 def quantizer_specs(qmodel: nn.Module) -> list[_Spec]:
-    """Check every quantized layer of ``qmodel`` for an exact ONNX export and list its quantizers."""
-    from qcbench.quant import quant_modules
+    """Check every quantizer of ``qmodel`` for an exact ONNX export and list them: each quantized
+    layer's weight quantizer (``wq``, exported as integer codes) and every other ``FakeQuantizer``
+    module, wherever it sits (a layer's ``aq``, or one placed on a producer's output), as an
+    activation Q/DQ pair. ``where`` is the layer name for ``wq``/``aq``, else the module's name."""
+    from qcbench.quant import FakeQuantizer, quant_modules
 
     specs = []
     layers = list(quant_modules(qmodel))
     if not layers:
         raise ExportError("the model has no quantized layers (qcbench.quant.quantize_model makes them)")
+    owners = {}  # id(FakeQuantizer) -> (kind, where)
     for name, m in layers:
         if m.weight_offset is not None or m.dual or m.fold_k is not None or not m.quant_enabled:
             raise ExportError(
                 f"{name}: a weight offset, dual forward, QAT fold or disabled quantization is not exportable"
             )
-        _check_quantizer(m.wq, f"{name} weight")
+        owners[id(m.wq)] = ("weight", name)
+        if m.aq is not None:
+            owners[id(m.aq)] = ("act", name) if not m.input_quantized else ("skip", name)
+    weights = {name: m for name, m in layers}
+    for mod_name, q in qmodel.named_modules():
+        if not isinstance(q, FakeQuantizer):
+            continue
+        kind, where = owners.get(id(q), ("act", mod_name))
+        if kind == "skip":
+            continue
+        _check_quantizer(q, f"{where} {'weight' if kind == 'weight' else 'activation'}")
+        codes = integer_codes(q, weights[where].weight) if kind == "weight" else None
+        per_channel = q.per_channel if kind == "weight" else False
+        if kind == "act" and q.per_channel:
+            raise ExportError(f"{where}: a per-channel activation quantizer is not exportable")
         specs.append(
             _Spec(
-                "weight",
-                name,
-                m.wq.bits,
-                m.wq.symmetric,
-                m.wq.per_channel,
-                m.wq.scale.float().clone(),
-                m.wq.zero_point.round().clone(),
-                integer_codes(m.wq, m.weight),
-            )  # fmt: skip
-        )
-        if m.aq is not None and not m.input_quantized:
-            _check_quantizer(m.aq, f"{name} activation")
-            specs.append(
-                _Spec(
-                    "act",
-                    name,
-                    m.aq.bits,
-                    m.aq.symmetric,
-                    False,
-                    m.aq.scale.float().clone(),
-                    m.aq.zero_point.round().clone(),
-                )  # fmt: skip
+                kind,
+                where,
+                q.bits,
+                q.symmetric,
+                per_channel,
+                q.scale.float().clone(),
+                q.zero_point.round().clone(),
+                codes,
             )
+        )
     return specs
 
 
 def _tagged_copy(qmodel: nn.Module, specs: list[_Spec]) -> nn.Module:
-    from qcbench.quant import quant_modules
+    from qcbench.quant import FakeQuantizer, quant_modules
 
     model = copy.deepcopy(qmodel).cpu().float().eval()
     tags = {(s.kind, s.where): i for i, s in enumerate(specs)}
+    layer_of = {}
     for name, m in quant_modules(model):
-        m.wq = _ExportQuantizer(m.wq, tags["weight", name])
-        if ("act", name) in tags:
-            m.aq = _ExportQuantizer(m.aq, tags["act", name])
+        layer_of[id(m.wq)] = ("weight", name)
+        if m.aq is not None:
+            layer_of[id(m.aq)] = ("act", name)
+    swaps = []
+    for mod_name, q in model.named_modules():
+        key = layer_of.get(id(q), ("act", mod_name)) if isinstance(q, FakeQuantizer) else None
+        if key in tags:
+            swaps.append((mod_name, _ExportQuantizer(q, tags[key])))
+    for mod_name, new in swaps:
+        parent, _, child = mod_name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, new)
     return model
 
 
