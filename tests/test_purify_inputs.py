@@ -103,6 +103,14 @@ REFUSALS = {
     "device bad index": ({"device": "cuda:x"}, ["--device cuda:x"]),
     "unknown scheme": ({"scheme": "int4"}, ["--scheme int4", "mqbench_academic"]),
     "non-layerwise defense": ({"defense": "ft"}, ["--defense ft", "layer-wise"]),
+    "unknown deployment": ({"deploy": "tflite"}, ["--deploy tflite", "simulated", "onnxruntime"]),
+    "unknown export": ({"export": "tflite"}, ["--export tflite", "onnx"]),
+    "export at 6 bits": ({"export": "onnx", "bits": "6"}, ["--export onnx --bits 6", "4 or 8 bits"]),
+    "deploy at 6 bits": ({"deploy": "onnxruntime", "bits": "6"}, ["--deploy onnxruntime", "not --bits 6"]),
+    "target without a trigger": ({"trigger": None}, ["--target goes with"]),
+    "patch corner unknown": ({"trigger": '{"name": "patch", "corner": "middle"}'}, ["--trigger", "corner 'middle'"]),
+    "patch outside the image": ({"trigger": '{"name": "patch", "x": 30}'}, ["--trigger", "x=30", "[0, 24]"]),
+    "blended image missing": ({"trigger": '{"name": "blended", "image": "no.png"}'}, ["--trigger", "no such file"]),
 }
 
 
@@ -217,7 +225,7 @@ def test_purify_fills_an_empty_out_and_replaces_its_own_output(received, capsys)
     out = received / "out"
     out.mkdir()
     assert main(_argv(received)) == 0, capsys.readouterr().err
-    assert sorted(p.name for p in out.iterdir()) == sorted(purify.OUTPUT_FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted(purify.OUTPUT_FILES - {"model.onnx"})  # no --export
     first = json.loads((out / "summary.json").read_text())
     assert main(_argv(received, seed="1")) == 0, capsys.readouterr().err
     assert json.loads((out / "summary.json").read_text())["settings"]["seed"] == 1 != first["settings"]["seed"]

@@ -80,6 +80,9 @@ def _purify(args) -> int:
             labeled=args.labeled,
             trigger=args.trigger,
             target=args.target,
+            triggered=args.triggered,
+            export=args.export,
+            deploy=args.deploy,
             max_images=args.max_images,
             seed=args.seed,
             threads=args.threads,
@@ -89,8 +92,12 @@ def _purify(args) -> int:
         print(f"qcbench purify: {err}", file=sys.stderr)
         return 2
     print(f"purified model: {summary['outputs']['model']} (summary: {args.out}/summary.json)")
+    if "onnx" in summary["outputs"]:
+        print(f"ONNX QDQ model: {summary['outputs']['onnx']}")
     for name, m in (summary["metrics"] or {}).items():
-        print(f"  {name:10s} BA {m['ba']:.2f}  ASR {m['asr'] if m['asr'] is None else round(m['asr'], 2)}")
+        shown = [f"{label} {m[key]:.2f}" for key, label in (("ba", "BA"), ("asr", "ASR")) if m.get(key) is not None]
+        print(f"  {name:11s} {'  '.join(shown)}")
+    print(summary["safe_for"])
     return 0
 
 
@@ -181,7 +188,7 @@ def _add_purify(sub) -> None:
     p.add_argument("--mean", type=float, nargs="+", help="per-channel normalization mean of the model's input")
     p.add_argument("--std", type=float, nargs="+", help="per-channel normalization std")
     p.add_argument("--bits", type=int, default=4, help="weight/activation bit width (default 4)")
-    p.add_argument("--scheme", default="mqbench_academic", help="registered scheme family (default mqbench_academic)")
+    p.add_argument("--scheme", help="registered scheme family (default: --deploy's; mqbench_academic for simulated)")
     p.add_argument("--defense", default="lac", help="lac (LAC+PDA, default) or efrap")
     p.add_argument("--iterations", type=int, help="optimisation steps per layer unit (default 300 on CPU)")
     p.add_argument("--params", type=_json_arg, help="further defense keywords as JSON (or a JSON file)")
@@ -189,6 +196,17 @@ def _add_purify(sub) -> None:
     p.add_argument("--labeled", help="labeled test data: prepared dataset or tensor file with x and y")
     p.add_argument("--trigger", type=_json_arg, help='trigger spec, JSON or a JSON file, e.g. \'{"name": "patch"}\'')
     p.add_argument("--target", type=int, help="the backdoor's target class")
+    p.add_argument(
+        "--triggered",
+        help="already-triggered images with their true labels, for ASR (a tensor file with x and y, "
+        "or an image folder with labels.txt); instead of --trigger",
+    )
+    p.add_argument("--export", help="onnx: also write model.onnx, the exact quantizer as an ONNX QDQ graph")
+    p.add_argument(
+        "--deploy",
+        default="simulated",
+        help="where the model will run, simulated (default) or onnxruntime: picks that runtime's scheme (and export)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--device", default="auto", help="auto (CUDA when available, else CPU; the default), cpu, cuda or cuda:N"

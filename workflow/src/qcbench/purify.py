@@ -4,9 +4,12 @@
 Nothing here unpickles: checkpoints and tensor files must be safetensors (or ``.npy``/``.npz``
 read with ``allow_pickle=False``); a pickle or torch zip checkpoint is refused with
 :data:`qcbench.io.PICKLE_HELP`. The output folder holds ``model.safetensors`` + ``model.json``
-(loadable with :func:`qcbench.io.load_model`; the JSON records the scheme and every quantizer's
-scale/zero-point) and ``summary.json`` (settings, wall times, the per-unit log and, given labeled
-data and a trigger, BA/ASR of the FP, quantized and purified models).
+(the JSON records the scheme and the exact quantizer the defense purified for: every weight
+grid and activation range, :func:`qcbench.export.quantization_record`;
+:func:`qcbench.export.load_purified` rebuilds the model from it bit for bit), ``summary.json``
+(settings, wall times, the per-unit log, the deployment the result is safe for and, given labeled
+data and a trigger or triggered images, BA/ASR of the FP, quantized and purified models) and, with
+``export="onnx"``, ``model.onnx`` (:func:`qcbench.export.export_qdq_onnx`).
 
 Every input is checked before any quantization or optimisation (:func:`check_inputs`), each
 refusal a :class:`PurifyError` naming the flag and value. The defense stops at the first layer
@@ -18,6 +21,7 @@ run leaves no ``--out``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import json
 import math
@@ -155,10 +159,40 @@ def load_images(path: str | Path, channels: int | None = None, limit: int | None
     return x
 
 
+LABEL_FILES = ("labels.txt", "labels.json")
+
+
+def _folder_labels(path: Path) -> torch.Tensor:
+    """The labels of an image folder: ``labels.txt`` (one integer per line) or ``labels.json`` (a
+    list), in the order of the sorted image file names."""
+    for name in LABEL_FILES:
+        f = path / name
+        if f.is_file():
+            text = f.read_text()
+            try:
+                vals = json.loads(text) if name.endswith(".json") else [int(v) for v in text.split()]
+            except ValueError as err:
+                raise PurifyError(f"{f}: not a list of integer labels ({err})") from None
+            if not isinstance(vals, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+                raise PurifyError(f"{f}: labels must be a list of integers")
+            return torch.tensor(vals, dtype=torch.long)
+    raise PurifyError(f"{path}: an image folder needs its labels in {' or '.join(LABEL_FILES)} (sorted file order)")
+
+
 def load_labeled(path: str | Path, num_classes: int | None = None, channels: int | None = None) -> ImageSet:
-    """Labeled evaluation images: a prepared dataset (its test split) or a tensor file with ``x``
-    and ``y`` (integer labels, in ``[0, num_classes)`` when ``num_classes`` is given)."""
-    t = read_tensor_file(path)
+    """Labeled evaluation images: a prepared dataset (its test split), a tensor file with ``x``
+    and ``y``, or a folder of image files with ``labels.txt``/``labels.json`` (integer labels, in
+    ``[0, num_classes)`` when ``num_classes`` is given)."""
+    path = Path(path)
+    if path.is_dir():
+        x, y = load_images(path, channels), _folder_labels(path)
+        if len(x) != len(y):
+            raise PurifyError(f"{path}: {len(x)} images but {len(y)} labels")
+        t = {"x": x, "y": y}
+    elif not path.exists():
+        raise PurifyError(f"{path}: no such file or folder")
+    else:
+        t = read_tensor_file(path)
     if "test_x" in t and "test_y" in t:
         x, y = t["test_x"], t["test_y"]
     elif "x" in t and "y" in t:
@@ -309,23 +343,6 @@ def load_checkpoint(
     return model.eval(), meta
 
 
-def quantization_parameters(qmodel: nn.Module) -> dict:
-    """Every quantizer's bits, kind and (frozen/calibrated) scale and zero-point, by layer: its
-    weight's and its input activation's (under MQBench placement the shared quantizer it reads)."""
-    from qcbench.quant import input_quantizers, quant_modules
-
-    def one(q) -> dict | None:
-        if q is None:
-            return None
-        d = {"bits": q.bits, "symmetric": q.symmetric, "per_channel": q.per_channel, "observer": q.observer}
-        if bool(q.calibrated):
-            d |= {"scale": q.scale.tolist(), "zero_point": q.zero_point.tolist()}
-        return d
-
-    acts = input_quantizers(qmodel)
-    return {name: {"weight": one(m.wq), "act": one(acts[name])} for name, m in quant_modules(qmodel)}
-
-
 def _clean(obj):
     """JSON-safe: NaN/inf become null."""
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -346,7 +363,7 @@ def _write_json(path: Path, obj) -> None:
 # -- checking the inputs ----------------------------------------------------------------------
 #: the files ``purify`` writes into ``--out``; a folder holding only these (with a purify
 #: ``summary.json``) is a previous result, which a new run replaces
-OUTPUT_FILES = frozenset({"model.safetensors", "model.json", "summary.json"})
+OUTPUT_FILES = frozenset({"model.safetensors", "model.json", "summary.json", "model.onnx"})
 
 
 @contextlib.contextmanager
@@ -465,7 +482,7 @@ def check_trigger(trigger, image_size: int | None = None):
         return None
     try:
         return create_trigger(trigger, image_size)
-    except (TypeError, ValueError, KeyError) as err:
+    except (TypeError, ValueError, KeyError, OSError) as err:
         raise PurifyError(f"--trigger {text}: {err}") from None
 
 
@@ -482,6 +499,9 @@ class PurifyInputs:
     trigger: object | None
     qscheme: object
     method: object
+    scheme: str = "mqbench_academic"
+    deployment: object = None
+    triggered: ImageSet | None = None
 
 
 def check_inputs(
@@ -496,13 +516,16 @@ def check_inputs(
     std: list[float] | None = None,
     arch_kwargs: dict | None = None,
     bits: int = 4,
-    scheme: str = "mqbench_academic",
+    scheme: str | None = None,
     defense: str = "lac",
     params: dict | None = None,
     iterations: int | None = None,
     labeled: str | Path | None = None,
     trigger: dict | None = None,
     target: int | None = None,
+    triggered: str | Path | None = None,
+    export: str | None = None,
+    deploy: str = "simulated",
     max_images: int = 1024,
     calib_images: int = 512,
     threads: int | None = None,
@@ -510,11 +533,21 @@ def check_inputs(
 ) -> PurifyInputs:
     """Check every input of :func:`purify` and load the model and images, before any
     quantization or optimisation; raise :class:`PurifyError` (or :class:`qcbench.io.ModelFileError`
-    for a checkpoint or tensor file that is no safetensors) naming the flag and value."""
+    for a checkpoint or tensor file that is no safetensors) naming the flag and value.
+    ``scheme`` None takes the ``deploy`` target's scheme (``mqbench_academic`` for ``simulated``);
+    a ``scheme`` other than the one the deployment's runtime uses is warned about on stderr."""
     from qcbench.defenses import DEFENSES, LayerwiseDefense, create_defense
+    from qcbench.export import DEPLOYMENTS, EXPORTS, create_deployment
     from qcbench.quant import SCHEMES, create_scheme
 
     # the flags, cheapest first
+    if deploy not in DEPLOYMENTS:
+        raise PurifyError(f"--deploy {deploy}: unknown deployment; one of {list(DEPLOYMENTS)}")
+    deployment = create_deployment(deploy)
+    if export is not None and export not in EXPORTS:
+        raise PurifyError(f"--export {export}: unknown format; one of {list(EXPORTS)}")
+    export = export or deployment.export
+    scheme = scheme or deployment.scheme or "mqbench_academic"
     if scheme not in SCHEMES:
         raise PurifyError(f"--scheme {scheme}: unknown scheme; registered: {SCHEMES.names()}")
     if defense not in DEFENSES:
@@ -525,6 +558,20 @@ def check_inputs(
         qscheme = create_scheme(scheme, bits)
     except (ValueError, TypeError) as err:
         raise PurifyError(f"--bits {bits}: {err} (scheme {scheme})") from None
+    if deployment.bits is not None and bits not in deployment.bits:
+        raise PurifyError(f"--deploy {deploy}: runs {' or '.join(map(str, deployment.bits))} bits, not --bits {bits}")
+    if export is not None and bits not in EXPORTS[export]:
+        raise PurifyError(
+            f"--export {export} --bits {bits}: {export} holds exact grids only at "
+            f"{' or '.join(map(str, EXPORTS[export]))} bits"
+        )
+    if deployment.scheme is not None and qscheme != create_scheme(deployment.scheme, bits):
+        print(
+            f"purify: warning: --scheme {scheme} is not the quantizer --deploy {deploy} uses "
+            f"({deployment.scheme}); the result is safe only where {scheme}'s exact grids run "
+            f"(as exported), not if {deploy} re-quantizes it with its own",
+            file=sys.stderr,
+        )
     params = check_defense_params(defense, params, iterations)
     _positive_int("--max-images", max_images)
     _positive_int("calib_images", calib_images)
@@ -538,8 +585,10 @@ def check_inputs(
     check_normalization(mean, std)
     if (mean is None) != (std is None):
         raise PurifyError("--mean and --std go together")
-    if (trigger is None) != (target is None):
-        raise PurifyError("--trigger and --target go together")
+    if trigger is not None and triggered is not None:
+        raise PurifyError("--trigger and --triggered: give one (a trigger to stamp, or already-triggered images)")
+    if (trigger is None and triggered is None) != (target is None):
+        raise PurifyError("--target goes with --trigger (and --labeled) or with --triggered")
     if trigger is not None and labeled is None:
         raise PurifyError("--trigger/--target need --labeled data to measure BA/ASR")
     if trigger is not None:
@@ -563,12 +612,24 @@ def check_inputs(
     n_classes = meta["num_classes"]
     if target is not None and target >= n_classes:
         raise PurifyError(f"--target {target}: outside [0, {n_classes}) for a {n_classes}-class model")
-    eval_set, trig = None, None
-    if labeled is not None:
-        with _flag("--labeled"):
-            eval_set = load_labeled(labeled, n_classes, meta["in_channels"])
-        if trigger is not None:
-            trig = check_trigger(trigger, int(eval_set.x.shape[-2]))
+    eval_set, trig, trig_set = None, None, None
+    for flag, value in (("--labeled", labeled), ("--triggered", triggered)):
+        if value is None:
+            continue
+        with _flag(flag):
+            data = load_labeled(value, n_classes, meta["in_channels"])
+        if data.x.shape[-2:] != x.shape[-2:]:
+            raise PurifyError(
+                f"{flag} {value}: images of {tuple(data.x.shape[-2:])} pixels, --images has {tuple(x.shape[-2:])}"
+            )
+        if flag == "--triggered":
+            if not bool((data.y != target).any()):
+                raise PurifyError(f"--triggered {value}: every image has the target label {target}; ASR needs others")
+            trig_set = data
+        else:
+            eval_set = data
+    if trigger is not None:
+        trig = check_trigger(trigger, int(eval_set.x.shape[-2]))
 
     batch = params.get("batch_size", CPU_DEFAULTS.get(defense, {}).get("batch_size", 32))
     settings = CPU_DEFAULTS.get(defense, {}) | {"calib_batches": min(32, math.ceil(len(x) / batch))} | params
@@ -576,7 +637,7 @@ def check_inputs(
         method = create_defense(defense, dict(settings))
     except TypeError as err:
         raise PurifyError(f"--defense {defense}: {err}") from None
-    return PurifyInputs(out, device, fp_model, meta, x, eval_set, trig, qscheme, method)
+    return PurifyInputs(out, device, fp_model, meta, x, eval_set, trig, qscheme, method, scheme, deployment, trig_set)
 
 
 # -- non-finite results, atomic output -----------------------------------------------------------
@@ -636,13 +697,14 @@ def purify(
     **options,
 ) -> dict:
     """Quantize ``checkpoint`` with the ``scheme`` family at ``bits``, purify it with ``defense``
-    on unlabeled ``images``, write ``out/model.safetensors`` (+ ``.json``) and ``out/summary.json``;
-    return the summary. Every input is checked first (:func:`check_inputs`); a purified model
-    that is not finite is never written, and ``out`` appears only once complete. ``options``
-    are :func:`check_inputs`' keywords (arch, bits, scheme, defense, labeled, trigger, ...), with
-    its defaults."""
+    on unlabeled ``images``, write ``out/model.safetensors`` (+ ``.json``: the exact quantizer,
+    :func:`qcbench.export.quantization_record`), ``out/summary.json`` and, with ``export="onnx"``,
+    ``out/model.onnx`` (:func:`qcbench.export.export_qdq_onnx`); return the summary. Every input
+    is checked first (:func:`check_inputs`); a purified model that is not finite is never written,
+    and ``out`` appears only once complete. ``options`` are :func:`check_inputs`' keywords (arch,
+    bits, scheme, defense, labeled, trigger, triggered, export, deploy, ...), with its defaults."""
+    from qcbench import export as qexport
     from qcbench.defenses.layerwise import NonFiniteLoss
-    from qcbench.metrics import evaluate
     from qcbench.quant import calibrate, quantize_model
 
     t_start = time.perf_counter()
@@ -655,8 +717,10 @@ def purify(
     bound.apply_defaults()
     o = bound.arguments
     inputs = check_inputs(**o)
-    bits, scheme, defense, labeled = o["bits"], o["scheme"], o["defense"], o["labeled"]
+    bits, defense, labeled = o["bits"], o["defense"], o["labeled"]
     trigger, target, calib_images, threads = o["trigger"], o["target"], o["calib_images"], o["threads"]
+    scheme, deployment = inputs.scheme, inputs.deployment
+    export = o["export"] or deployment.export
     out, device, x, method, qscheme, meta = (
         inputs.out, inputs.device, inputs.x, inputs.method, inputs.qscheme, inputs.meta
     )  # fmt: skip
@@ -668,7 +732,7 @@ def purify(
 
     t0 = time.perf_counter()
     qmodel = quantize_model(fp_model, qscheme)
-    calibrate(qmodel, (xb.to(device) for xb, _ in ImageSet(x, torch.zeros(len(x))).batches(64, limit=calib_images)))
+    calibrate(qmodel, _calib_batches(x, calib_images, device))
     wall["quantize"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -680,17 +744,20 @@ def purify(
         raise PurifyError(f"{err}; nothing was written to --out {out} (try a lower lr in --params)") from None
     wall["defense"] = time.perf_counter() - t0
     check_finite_result(purified, getattr(method, "log", []), out)
+    # a dynamic activation quantizer's ranges as the purified model used them on the defender images
+    recorded = qexport.record_activation_ranges(purified, _calib_batches(x, calib_images, device))
 
     metrics = None
-    if inputs.eval_set is not None:
+    if inputs.eval_set is not None or inputs.triggered is not None:
         t0 = time.perf_counter()
         metrics = {
-            name: evaluate(m, inputs.eval_set, inputs.trigger, target, 256, device)
+            name: measure(m, inputs, target, device)
             for name, m in (("fp", fp_model), ("quantized", qmodel), ("purified", purified))
         }
         wall["evaluate"] = time.perf_counter() - t0
     wall["total"] = time.perf_counter() - t_start
 
+    safe_for = deployment.safe_for(scheme, bits, export)
     settings_all = {
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": sha256_file(checkpoint),
@@ -704,10 +771,14 @@ def purify(
         "defense_params": method.params,
         "labeled": None if labeled is None else str(labeled),
         "trigger": trigger,
+        "triggered": None if o["triggered"] is None else str(o["triggered"]),
         "target": target,
+        "deploy": deployment.name,
+        "export": export,
         "seed": seed,
         "device": str(device),
     }
+    dynamic = sorted(recorded)
     model_meta = meta | {
         "image_size": int(x.shape[-2]),
         "attack": None,
@@ -719,7 +790,19 @@ def purify(
         "stage": "purify",
         "seed": seed,
         "source": {"checkpoint": str(checkpoint), "sha256": settings_all["checkpoint_sha256"]},
-        "quant_params": quantization_parameters(purified),
+        "quant_params": qexport.quantization_record(purified, recorded),
+        "quant_params_note": (
+            "every weight grid and every activation range with fixed=true is fixed as used when the "
+            "defense chose the roundings; "
+            + (
+                f"the activation ranges of {', '.join(dynamic)} are dynamic (recomputed per batch, as "
+                "purified); 'recorded' holds the ranges they used on the defender images, which model.onnx fixes"
+                if dynamic
+                else "no range is dynamic"
+            )
+        ),
+        "deploy": deployment.name,
+        "safe_for": safe_for,
         "wall_s": wall["quantize"] + wall["defense"],
         "config_hash": provenance.config_hash(settings_all),
     }
@@ -727,6 +810,7 @@ def purify(
         "command": "purify",
         "settings": settings_all,
         "model": meta,
+        "safe_for": safe_for,
         "wall_s": wall,
         "units": getattr(method, "log", []),
         "metrics": metrics,
@@ -736,7 +820,46 @@ def purify(
 
     def write(folder: Path) -> None:
         io.save_model(purified, folder / "model.safetensors", _clean(model_meta))
+        if export == "onnx":
+            t0 = time.perf_counter()
+            fixed = qexport.fix_activation_ranges(copy.deepcopy(purified).cpu(), recorded)
+            try:
+                summary["export"] = qexport.export_qdq_onnx(
+                    fixed, x[:1].float() / 255.0, folder / "model.onnx", bits=bits
+                )
+            except qexport.ExportError as err:
+                raise PurifyError(f"--export onnx: {err}; nothing was written to --out {out}") from None
+            summary["export"]["file"] = str(out / "model.onnx")
+            summary["outputs"]["onnx"] = str(out / "model.onnx")
+            if metrics is not None:
+                ort_model = qexport.load_onnx(folder / "model.onnx", threads)
+                metrics["onnxruntime"] = measure(ort_model, inputs, target, "cpu")
+            wall["export"] = time.perf_counter() - t0
         _write_json(folder / "summary.json", summary)
 
     _publish(out, write)
     return _clean(summary)
+
+
+def _calib_batches(x: torch.Tensor, limit: int, device):
+    """The defender images in calibration batches of 64, on ``device``."""
+    return (xb.to(device) for xb, _ in ImageSet(x, torch.zeros(len(x))).batches(64, limit=limit))
+
+
+def measure(model: nn.Module, inputs: PurifyInputs, target: int | None, device) -> dict:
+    """BA on ``--labeled`` (None without it) and ASR: on ``--labeled`` stamped with ``--trigger``, or
+    on the ``--triggered`` images (the images whose true label is ``target`` excluded; ``asr_all``
+    counts every image), None when neither was given. Percentages."""
+    from qcbench.metrics import _asr, evaluate, predict
+
+    res = {"ba": None, "asr": None, "asr_all": None}
+    if inputs.eval_set is not None:
+        res |= evaluate(model, inputs.eval_set, inputs.trigger, target, 256, device)
+    if inputs.triggered is not None:
+        pred = predict(model, inputs.triggered.x, 256, device)
+        res |= {
+            "asr": _asr(pred, inputs.triggered.y, target),
+            "asr_all": 100.0 * (pred == target).float().mean().item(),
+            "n_triggered": len(inputs.triggered),
+        }
+    return res

@@ -172,6 +172,14 @@ def _fbgemm(bits: int) -> QuantScheme:
     return QuantScheme(bits, bits, weight_per_channel=True, observer="minmax", fold_bn=True)
 
 
+@register_scheme("onnxruntime")
+def _onnxruntime(bits: int) -> QuantScheme:
+    """ONNX Runtime's static PTQ (``quantize_static`` defaults after ``quant_pre_process``):
+    per-tensor symmetric min/max weights (max/127) on BN-folded weights, per-tensor affine min/max
+    activations; ORT also quantizes the tensors between layers, which this scheme leaves float."""
+    return QuantScheme(bits, bits, observer="minmax", fold_bn=True)
+
+
 def round_ste(v: torch.Tensor) -> torch.Tensor:
     """Nearest rounding with an identity (straight-through) gradient."""
     return v + (torch.round(v) - v).detach()

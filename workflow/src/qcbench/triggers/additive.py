@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -35,27 +36,84 @@ class _CachedPattern:
 @register_trigger("blended")
 @dataclass
 class BlendedTrigger(_CachedPattern):
-    """Blended (Chen et al. 2017; BackdoorBench ``blended``): ``x <- (1 - alpha) x + alpha p``.
+    """Blended (Chen et al. 2017; BackdoorBench ``blended``): ``x <- (1 - alpha·m) x + alpha·m p``.
 
     BackdoorBench blends a Hello-Kitty picture with ``alpha = 0.2``. That image cannot be
-    downloaded here, so ``p`` is a fixed uniform random image in [0, 1] drawn from ``seed``
-    (Chen et al.'s "random pattern" variant), one value per channel and pixel.
+    downloaded here, so by default ``p`` is a fixed uniform random image in [0, 1] drawn from
+    ``seed`` (Chen et al.'s "random pattern" variant), one value per channel and pixel, and the
+    mask ``m`` is 1 everywhere.
+
+    A trigger of one's own: ``image`` is a picture file (png/jpg, or ``.npy`` read without
+    pickle; uint8 or float in [0, 1]) used as ``p``, and ``mask`` a picture of the same size whose
+    grey level (0 to 1) is ``m``; with ``alpha = 1`` the image replaces the input where the mask is
+    white (``x <- (1 - m) x + m p``, the image-plus-mask form). Both must have the images' height
+    and width; ``p`` takes the images' channels (grey or RGB).
     """
 
     alpha: float = 0.2
     seed: int = 0
+    image: str | None = None
+    mask: str | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"blended alpha must be in [0, 1], got {self.alpha}")
+        for name in ("image", "mask"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"blended {name} {path!r}: no such file")
 
     def make_pattern(self, c: int, h: int, w: int) -> torch.Tensor:
-        return torch.rand((c, h, w), generator=seeded_generator(self.seed))
+        if self.image is None:
+            return torch.rand((c, h, w), generator=seeded_generator(self.seed))
+        return read_picture(self.image, c, (h, w), "blended image")
+
+    def weight(self, h: int, w: int) -> torch.Tensor:
+        """``alpha · m``, (1, H, W), from the ``mask`` file."""
+        key = ("mask", h, w)
+        if key not in self._cache:
+            self._cache[key] = self.alpha * read_picture(self.mask, 1, (h, w), "blended mask")
+        return self._cache[key]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         check_images(x)
         p = self.pattern(x.shape[1:]).to(x)
-        return ((1.0 - self.alpha) * x + self.alpha * p).clamp_(0.0, 1.0)
+        if self.mask is None:
+            return ((1.0 - self.alpha) * x + self.alpha * p).clamp_(0.0, 1.0)
+        m = self.weight(*x.shape[-2:]).to(x)
+        return ((1.0 - m) * x + m * p).clamp_(0.0, 1.0)
+
+
+def read_picture(path: str, channels: int, size: tuple[int, int], what: str) -> torch.Tensor:
+    """A float32 (channels, H, W) picture in [0, 1] from an image file (decoded grey for one
+    channel, RGB for three) or a ``.npy`` array (H, W), (C, H, W) or (H, W, C), read without
+    pickle; its height and width must be ``size``."""
+    import numpy as np
+
+    if str(path).endswith(".npy"):
+        arr = torch.from_numpy(np.load(path, allow_pickle=False))
+        if arr.ndim == 2:
+            arr = arr[None]
+        elif arr.ndim == 3 and arr.shape[-1] in (1, 3) and arr.shape[0] not in (1, 3):
+            arr = arr.permute(2, 0, 1)
+        if arr.ndim != 3 or arr.shape[0] not in (1, 3):
+            raise ValueError(f"{what} {path}: array of shape {tuple(arr.shape)}; give (H, W), (C, H, W) or (H, W, C)")
+        arr = arr.float().div(255.0) if arr.dtype == torch.uint8 else arr.float()
+        if arr.shape[0] != channels:
+            arr = arr.mean(0, keepdim=True) if channels == 1 else arr.expand(channels, -1, -1)
+    else:
+        from torchvision.io import ImageReadMode, decode_image, read_file
+
+        mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+        try:
+            arr = decode_image(read_file(str(path)), mode=mode).float().div(255.0)
+        except RuntimeError as err:
+            raise ValueError(f"{what} {path}: not a decodable picture ({err})") from None
+    if tuple(arr.shape[-2:]) != tuple(size):
+        raise ValueError(f"{what} {path}: {tuple(arr.shape[-2:])} pixels, the images have {tuple(size)}")
+    if not torch.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
+        raise ValueError(f"{what} {path}: values must lie in [0, 1] (or be uint8)")
+    return arr.contiguous()
 
 
 @register_trigger("sig")

@@ -8,37 +8,73 @@ import torch
 
 from qcbench.triggers.base import register_trigger
 
+CORNERS = ("bottom_right", "bottom_left", "top_right", "top_left", "center")
+
 
 @register_trigger("patch")
 @dataclass
 class PatchTrigger:
-    """A solid square in the bottom-right corner (Qu-ANTI-zation's ``_blend_backdoor``).
+    """A solid square in the bottom-right corner (Qu-ANTI-zation's ``_blend_backdoor``) by default,
+    or at any position.
 
     ``size`` and ``margin`` are fractions of the height (QA: H/8 wide, H/32 from the border,
     i.e. a 4x4 patch at rows/cols 27-30 on 32x32 and 23-26 on 28x28). ``value`` is a number in
     [0, 1] or ``"image_max"`` (QA: every channel set to the image's own maximum).
+
+    Position: ``corner`` is one of :data:`CORNERS` (``margin`` from the two borders it names;
+    ``center`` ignores the margin), or ``x``/``y`` give the patch's top-left pixel (column, row)
+    directly; either overrides the corner's column or row.
     """
 
     image_size: int
     size: float = 0.125
     margin: float = 0.03125
     value: float | str = "image_max"
+    corner: str = "bottom_right"
+    x: int | None = None
+    y: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.corner not in CORNERS:
+            raise ValueError(f"{type(self).__name__} corner {self.corner!r} not in {CORNERS}")
+        width = self.region[2]
+        for name in ("x", "y"):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= self.image_size - width:
+                raise ValueError(
+                    f"{name}={v!r}: the {width}-pixel patch's {'column' if name == 'x' else 'row'} must be "
+                    f"an integer in [0, {self.image_size - width}] on {self.image_size}-pixel images"
+                )
+
+    @property
+    def region(self) -> tuple[int, int, int]:
+        """(first row, first column, width) of the patch in pixels."""
+        width = max(1, round(self.size * self.image_size))
+        margin = max(0, round(self.margin * self.image_size))
+        near, far = margin, self.image_size - margin - width
+        if self.corner == "center":
+            row = col = (self.image_size - width) // 2
+        else:
+            vertical, horizontal = self.corner.split("_")
+            row, col = (near if vertical == "top" else far), (near if horizontal == "left" else far)
+        return (row if self.y is None else self.y), (col if self.x is None else self.x), width
 
     @property
     def box(self) -> tuple[int, int]:
-        """(first row/col, width) of the patch in pixels."""
-        width = max(1, round(self.size * self.image_size))
-        margin = max(0, round(self.margin * self.image_size))
-        return self.image_size - margin - width, width
+        """(first row, width) of the patch in pixels (the first column too, in the default corner)."""
+        row, _, width = self.region
+        return row, width
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        start, width = self.box
+        row, col, width = self.region
         x = x.clone()
         if self.value == "image_max":
             v = x.amax(dim=(1, 2, 3), keepdim=True).expand(-1, x.shape[1], width, width)
         else:
             v = torch.full_like(x[:, :, :width, :width], float(self.value))
-        x[:, :, start : start + width, start : start + width] = v
+        x[:, :, row : row + width, col : col + width] = v
         return x
 
 
@@ -64,6 +100,7 @@ class BadNetsTrigger(PatchTrigger):
     low: float = 0.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.pattern not in PATTERNS:
             raise ValueError(f"badnets pattern {self.pattern!r} not in {PATTERNS}")
         for name in ("value", "low"):
@@ -80,7 +117,7 @@ class BadNetsTrigger(PatchTrigger):
         return torch.where(even, torch.tensor(float(self.value)), torch.tensor(float(self.low)))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        start, width = self.box
+        row, col, width = self.region
         x = x.clone()
-        x[:, :, start : start + width, start : start + width] = self.stamp(width).to(x)
+        x[:, :, row : row + width, col : col + width] = self.stamp(width).to(x)
         return x
