@@ -95,11 +95,12 @@ def quantization_record(qmodel: nn.Module, recorded: dict | None = None) -> dict
     """Every quantized layer's ``{"weight": ..., "act": ...}`` (:func:`quantizer_record`); a dynamic
     activation quantizer is ``fixed: false`` and carries ``recorded`` (scale/zero-point from
     :func:`record_activation_ranges`) when given."""
-    from qcbench.quant import quant_modules
+    from qcbench.quant import input_quantizers, quant_modules
 
+    acts = input_quantizers(qmodel)  # a layer's own, or the shared post-activation one it reads
     out = {}
     for name, m in quant_modules(qmodel):
-        act = quantizer_record(m.aq)
+        act = quantizer_record(acts[name])
         if act is not None and not act["fixed"] and recorded and name in recorded:
             act["recorded"] = recorded[name]
         out[name] = {"weight": quantizer_record(m.wq), "act": act}
@@ -177,7 +178,7 @@ def load_purified(folder: str | Path, *, fix_activations: bool = False, device="
     from safetensors.torch import load_file
 
     from qcbench import io
-    from qcbench.quant import quant_modules
+    from qcbench.quant import input_quantizers, quant_modules
 
     folder = Path(folder)
     path = folder / "model.safetensors" if folder.is_dir() else folder
@@ -202,6 +203,7 @@ def load_purified(folder: str | Path, *, fix_activations: bool = False, device="
         raise ExportError(f"{path}: tensors missing {missing[:5]}")
     model.load_state_dict(weights, strict=False)
     layers = dict(quant_modules(model))
+    acts = input_quantizers(model)
     if set(layers) != set(record):
         raise ExportError(f"{path}: model.json's quant_params name {sorted(record)}, the model has {sorted(layers)}")
     for name, m in layers.items():
@@ -209,16 +211,17 @@ def load_purified(folder: str | Path, *, fix_activations: bool = False, device="
         if not w or not w.get("fixed", "scale" in w):
             raise ExportError(f"{path}: layer {name}'s weight grid is not recorded in model.json")
         set_grid(m.wq, w, f"{name} weight")
-        if m.aq is None:
+        aq = acts[name]
+        if aq is None:
             continue
         if a.get("fixed", "scale" in a):
-            set_grid(m.aq, a, f"{name} activation")
+            set_grid(aq, a, f"{name} activation")
         elif fix_activations:
             if "recorded" not in a:
                 raise ExportError(f"{path}: layer {name}'s activation range is dynamic and none was recorded")
-            set_grid(m.aq, a["recorded"], f"{name} activation")
+            set_grid(aq, a["recorded"], f"{name} activation")
         else:
-            m.aq.reset()
+            aq.reset()
     return model.to(device).eval(), meta
 
 
