@@ -1,5 +1,6 @@
 """``qcbench`` command line: inspect the registries, check configuration files, purify a received model,
-measure a trigger's natural rate per target class, archive a finished run for reviewers."""
+measure a trigger's natural rate per target class, archive a finished run for reviewers, fabricate
+stand-in datasets in their real on-disk formats."""
 
 from __future__ import annotations
 
@@ -136,6 +137,33 @@ def _archive(args) -> int:
     return 0
 
 
+def _fabricate(args) -> int:
+    from pathlib import Path
+
+    from qcbench.fabricate import fabricate
+
+    for name in args.datasets:
+        kwargs = {"seed": args.seed} | ({"size": args.imagenette_size} if name == "imagenette" else {})
+        print(f"{name}: wrote {fabricate(name, Path(args.root) / name, **kwargs)}")
+    return 0
+
+
+def _add_fabricate(sub) -> None:
+    from qcbench.fabricate import FABRICATORS
+
+    p = sub.add_parser(
+        "fabricate",
+        help="write stand-in datasets (a few hundred learnable images) in their real on-disk formats",
+        description="Write each dataset under ROOT/<dataset> in the layout its loader reads "
+        "(qcbench.fabricate): for smoke runs of the paper config without the real archives "
+        "(config/smoke.yaml points data.sources at resources/fabricated/<dataset>).",
+    )
+    p.add_argument("datasets", nargs="*", default=FABRICATORS.names(), help=f"default: {' '.join(FABRICATORS.names())}")
+    p.add_argument("--root", default="resources/fabricated", help="parent folder (default: resources/fabricated)")
+    p.add_argument("--imagenette-size", default="320px", help="ImageNette archive layout: 320px (default), 160px, full")
+    p.add_argument("--seed", type=int, default=0)
+
+
 def _add_archive(sub) -> None:
     p = sub.add_parser(
         "archive",
@@ -217,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_purify(sub)
     _add_natural_rate(sub)
     _add_archive(sub)
+    _add_fabricate(sub)
     args = parser.parse_args(argv)
     commands = {
         "list": _list,
@@ -224,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         "purify": _purify,
         "natural-rate": _natural_rate,
         "archive": _archive,
+        "fabricate": _fabricate,
     }
     return commands[args.command](args)
 
