@@ -184,7 +184,8 @@ def _costs(args) -> int:
     if not args.plan:
         return 0
     plan_cfg = load_config(*(args.plan_config or [config_dir(run) / "config.yaml"]), workdir=run)
-    plan = C.estimate(C.parse_plan(Path(args.plan).read_text()), table, plan_cfg, C.DATASET_SIZES)
+    plan_sizes = C.DATASET_SIZES if args.plan_sizes == "real" else {**C.DATASET_SIZES, **sizes}
+    plan = C.estimate(C.parse_plan(Path(args.plan).read_text()), table, plan_cfg, plan_sizes)
     factor = args.gpu_factor or C.gpu_factor(table)
     print(f"\nplanned: {args.plan} ({int(plan.jobs.sum())} jobs) at {' '.join(args.plan_config) or 'the paper config'}")
     if factor:
@@ -213,6 +214,12 @@ def _add_costs(sub) -> None:
     p.add_argument("--config", nargs="*", default=[], help="the run's --configfile overlays (default: local default)")
     p.add_argument("--plan", help="a `snakemake -n` listing of the jobs to estimate")
     p.add_argument("--plan-config", nargs="*", default=[], help="the plan's overlays (default: the paper config)")
+    p.add_argument(
+        "--plan-sizes",
+        choices=["real", "run"],
+        default="real",
+        help="dataset sizes of the plan: the real datasets' (default) or those prepared in --run",
+    )
     p.add_argument("--gpu-factor", type=float, help="GPU speed-up over this CPU (default: from train_clean)")
     p.add_argument("--out", help="also write the per-rule table as CSV")
 
