@@ -143,14 +143,26 @@ def prepared_sizes(run: str | Path) -> dict[str, tuple[int, int]]:
     return out
 
 
+def _method(job: dict) -> str:
+    """The attack entry of an attack job, the defense entry of a defend / defend_fp job, else "-":
+    their cost per unit differs by method (Qu-ANTI-zation runs three views of each sample)."""
+    if job["rule"] == "attack":
+        return job.get("attack") or "-"
+    if job["rule"] in ("defend", "defend_fp"):
+        return job.get("defense") or "-"
+    return "-"
+
+
 def cost_table(bench: pd.DataFrame, cfg: dict, sizes: dict[str, tuple[int, int]]) -> pd.DataFrame:
-    """Per rule x arch x dataset: jobs, mean wall and CPU seconds, the unit, CPU seconds per unit
-    above the floor (the run's cheapest job), and peak RSS."""
+    """Per rule x arch x dataset (x the attack or defense entry, for those rules): jobs, mean wall
+    and CPU seconds, the unit, CPU seconds per unit above the floor (the run's cheapest job), and
+    peak RSS."""
     b = bench.copy()
     b["units"] = [work_units(cfg, r, sizes) for r in b.to_dict("records")]
     floor = float(b.cpu_s.min())
     b["per_unit"] = (b.cpu_s - floor).clip(lower=0) / b.units
-    g = b.fillna({"arch": "-", "dataset": "-"}).groupby(["rule", "arch", "dataset"], sort=True)
+    b["method"] = [_method(r) for r in b.to_dict("records")]
+    g = b.fillna({"arch": "-", "dataset": "-"}).groupby(["rule", "arch", "dataset", "method"], sort=True)
     out = g.agg(jobs=("s", "size"), s=("s", "mean"), cpu_s=("cpu_s", "mean"), units=("units", "mean"),
                 cpu_s_per_unit=("per_unit", "mean"), max_rss_mb=("max_rss_mb", "max")).reset_index()  # fmt: skip
     out["unit"] = out.rule.map(UNITS).fillna("job")
@@ -175,16 +187,18 @@ def parse_plan(text: str) -> list[dict]:
 
 def estimate(plan: list[dict], costs: pd.DataFrame, cfg: dict, sizes: dict[str, tuple[int, int]]) -> pd.DataFrame:
     """Per rule: planned jobs and their CPU seconds (the floor plus the measured rate per unit of
-    the same rule x arch x dataset, else of the rule x arch, else of the rule, times each job's units
+    the same rule x arch x dataset x method, else the largest of the same rule x arch x dataset,
+    rule x arch, or rule, times each job's units
     under ``cfg`` and ``sizes``), and which jobs had no measured rate at all (``unmeasured``)."""
     floor = costs.attrs.get("floor_cpu_s", 0.0)
-    rate3 = {(r.rule, r.arch, r.dataset): r.cpu_s_per_unit for r in costs.itertuples()}
+    rate4 = {(r.rule, r.arch, r.dataset, r.method): r.cpu_s_per_unit for r in costs.itertuples()}
+    rate3 = costs.groupby(["rule", "arch", "dataset"]).cpu_s_per_unit.max().to_dict()
     rate2 = costs.groupby(["rule", "arch"]).cpu_s_per_unit.max().to_dict()
     rate1 = costs.groupby("rule").cpu_s_per_unit.max().to_dict()
     rows = []
     for job in plan:
-        key = (job["rule"], job.get("arch", "-"), job.get("dataset", "-"))
-        rate = rate3.get(key, rate2.get(key[:2], rate1.get(key[0])))
+        key = (job["rule"], job.get("arch", "-"), job.get("dataset", "-"), _method(job))
+        rate = rate4.get(key, rate3.get(key[:3], rate2.get(key[:2], rate1.get(key[0]))))
         units = work_units(cfg, job, sizes)
         rows.append({"rule": key[0], "cpu_s": floor + (rate or 0.0) * units, "measured": rate is not None})
     df = pd.DataFrame(rows)
