@@ -6,7 +6,7 @@ CORES ?= 2
 # The venv's bin first, so snakemake finds the scontrol wrapper (workflow/profiles/scontrol.sh).
 SNAKEMAKE := PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/snakemake
 
-.PHONY: setup system-packages slurm-conf profiles scontrol-wrapper run test test-fast bench lint format dryrun-paper archive clean
+.PHONY: setup system-packages slurm-conf profiles scontrol-wrapper run test test-fast bench lint format dryrun-paper smoke-paper smoke-slice costs archive clean
 
 setup: system-packages slurm-conf profiles $(VENV)/.installed scontrol-wrapper
 
@@ -54,10 +54,15 @@ run: setup
 	$(SNAKEMAKE) --cores $(CORES) all
 
 test: setup
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -m "not smoke"
 
 test-fast: setup
 	$(VENV)/bin/pytest -q -m "not slow"
+
+# The paper DAG's CI slice (tests/smoke/slice.yaml): every table, figure, architecture and dataset
+# format at smoke budgets on fabricated data, `snakemake --cores 2` in a temporary folder.
+smoke-slice: setup
+	$(VENV)/bin/pytest -q -s -m smoke tests/test_smoke_slice.py
 
 # Benchmark suite (tests/benchmarks/, not part of `make test`): writes results/benchmarks/summary.json.
 # BENCH_RUN = a finished local-default run to read (its repository root; default: this checkout).
@@ -79,6 +84,27 @@ format: setup
 # the paper config alone (any --configfile replaces the local default's config/local.yaml)
 dryrun-paper: setup
 	$(SNAKEMAKE) -n all --configfile config/config.yaml
+
+# The whole paper DAG (every table and figure, one seed) at smoke budgets (config/smoke.yaml) on
+# datasets fabricated in their real formats, through the single-node SLURM cluster, in SMOKE_DIR.
+# Then `make costs` collates its benchmark files and estimates the paper config from them.
+SMOKE_DIR ?= results/smoke-paper
+SMOKE_CONFIGS := $(CURDIR)/config/config.yaml $(CURDIR)/config/smoke.yaml
+smoke-paper: setup
+	mkdir -p $(SMOKE_DIR)
+	$(VENV)/bin/qcbench fabricate --root $(SMOKE_DIR)/resources/fabricated
+	tests/slurm/cluster.sh start
+	$(SNAKEMAKE) --profile $(CURDIR)/workflow/profiles/slurm-local --keep-going all --snakefile $(CURDIR)/Snakefile \
+	  --directory $(SMOKE_DIR) --configfile $(SMOKE_CONFIGS)
+
+# Costs per rule x architecture x dataset from SMOKE_DIR's benchmark files, and the paper config's
+# CPU- and GPU-hours estimated from them (docs/cluster.md).
+costs: $(VENV)/.installed
+	mkdir -p $(SMOKE_DIR)/paper-plan
+	$(SNAKEMAKE) -n all --snakefile $(CURDIR)/Snakefile --directory $(SMOKE_DIR)/paper-plan \
+	  --configfile $(CURDIR)/config/config.yaml > $(SMOKE_DIR)/paper-plan.txt
+	$(VENV)/bin/qcbench costs --run $(SMOKE_DIR) --config $(CURDIR)/config/smoke.yaml --plan $(SMOKE_DIR)/paper-plan.txt \
+	  --out $(SMOKE_DIR)/costs.csv
 
 # Reviewer archive (`qcbench archive`): results/MANIFEST.sha256 + results/archive/qcbench-<date>-<commit>.tar.gz
 # (the repository files the README refers to, and results/); ARCHIVE_OUT=path overrides.

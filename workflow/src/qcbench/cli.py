@@ -1,5 +1,6 @@
 """``qcbench`` command line: inspect the registries, check configuration files, purify a received model,
-measure a trigger's natural rate per target class, archive a finished run for reviewers."""
+measure a trigger's natural rate per target class, archive a finished run for reviewers, fabricate
+stand-in datasets in their real on-disk formats."""
 
 from __future__ import annotations
 
@@ -143,6 +144,93 @@ def _archive(args) -> int:
     return 0
 
 
+def _fabricate(args) -> int:
+    from pathlib import Path
+
+    from qcbench.fabricate import fabricate
+
+    for name in args.datasets:
+        kwargs = {"seed": args.seed} | ({"size": args.imagenette_size} if name == "imagenette" else {})
+        print(f"{name}: wrote {fabricate(name, Path(args.root) / name, **kwargs)}")
+    return 0
+
+
+def _add_fabricate(sub) -> None:
+    from qcbench.fabricate import FABRICATORS
+
+    p = sub.add_parser(
+        "fabricate",
+        help="write stand-in datasets (a few hundred learnable images) in their real on-disk formats",
+        description="Write each dataset under ROOT/<dataset> in the layout its loader reads "
+        "(qcbench.fabricate): for smoke runs of the paper config without the real archives "
+        "(config/smoke.yaml points data.sources at resources/fabricated/<dataset>).",
+    )
+    p.add_argument("datasets", nargs="*", default=FABRICATORS.names(), help=f"default: {' '.join(FABRICATORS.names())}")
+    p.add_argument("--root", default="resources/fabricated", help="parent folder (default: resources/fabricated)")
+    p.add_argument("--imagenette-size", default="320px", help="ImageNette archive layout: 320px (default), 160px, full")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _costs(args) -> int:
+    from pathlib import Path
+
+    from qcbench import costs as C
+    from qcbench.config import config_dir, load_config
+
+    run = Path(args.run)
+    bench = C.read_benchmarks(run)
+    if bench.empty:
+        print(f"qcbench costs: no benchmark files under {run / 'results' / 'benchmarks'}", file=sys.stderr)
+        return 2
+    sizes = C.prepared_sizes(run)
+    table = C.cost_table(bench, load_config(*args.config, workdir=run), sizes)
+    if args.out:
+        table.to_csv(args.out, index=False)
+    print(f"{len(bench)} benchmark files; floor (the cheapest job) {table.attrs['floor_cpu_s']:.1f} CPU s\n")
+    print(table.to_markdown(index=False, floatfmt=".4g"))
+    if not args.plan:
+        return 0
+    plan_cfg = load_config(*(args.plan_config or [config_dir(run) / "config.yaml"]), workdir=run)
+    plan_sizes = C.DATASET_SIZES if args.plan_sizes == "real" else {**C.DATASET_SIZES, **sizes}
+    plan = C.estimate(C.parse_plan(Path(args.plan).read_text()), table, plan_cfg, plan_sizes)
+    factor = args.gpu_factor or C.gpu_factor(table)
+    print(f"\nplanned: {args.plan} ({int(plan.jobs.sum())} jobs) at {' '.join(args.plan_config) or 'the paper config'}")
+    if factor:
+        plan["gpu_h"] = plan.cpu_s / factor / 3600
+    print(plan.to_markdown(index=False, floatfmt=".4g"))
+    total = plan.cpu_s.sum()
+    print(f"\ntotal {total / 3600:.1f} CPU-hours on this machine", end="")
+    if factor:
+        print(f"; / {factor:.1f} (CPU -> GPU: {C.GPU_IMAGES_PER_S:.0f} ResNet-18 CIFAR images/s assumed on the GPU)"
+              f" = {total / factor / 3600:.1f} GPU-hours")  # fmt: skip
+    else:
+        print()
+    print("mem_mb at the real datasets' sizes (peak RSS x 1.5):", C.mem_mb(table, sizes, C.DATASET_SIZES))
+    return 0
+
+
+def _add_costs(sub) -> None:
+    p = sub.add_parser(
+        "costs",
+        help="collate a run's benchmark files per rule x arch x dataset; estimate a planned run from them",
+        description="Read RUN/results/benchmarks (every rule's benchmark: file) and print, per rule x arch "
+        "x dataset, CPU seconds per unit of work and peak RSS (qcbench.costs). With --plan (the output of "
+        "`snakemake -n`), the planned jobs' CPU- and GPU-hours at the planned config's counts.",
+    )
+    p.add_argument("--run", default=".", help="the run's working directory (default: .)")
+    p.add_argument("--config", nargs="*", default=[], help="the run's --configfile overlays (default: local default)")
+    p.add_argument("--plan", help="a `snakemake -n` listing of the jobs to estimate")
+    p.add_argument("--plan-config", nargs="*", default=[], help="the plan's overlays (default: the paper config)")
+    p.add_argument(
+        "--plan-sizes",
+        choices=["real", "run"],
+        default="real",
+        help="dataset sizes of the plan: the real datasets' (default) or those prepared in --run",
+    )
+    p.add_argument("--gpu-factor", type=float, help="GPU speed-up over this CPU (default: from train_clean)")
+    p.add_argument("--out", help="also write the per-rule table as CSV")
+
+
 def _add_archive(sub) -> None:
     p = sub.add_parser(
         "archive",
@@ -235,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_purify(sub)
     _add_natural_rate(sub)
     _add_archive(sub)
+    _add_fabricate(sub)
+    _add_costs(sub)
     args = parser.parse_args(argv)
     commands = {
         "list": _list,
@@ -242,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         "purify": _purify,
         "natural-rate": _natural_rate,
         "archive": _archive,
+        "fabricate": _fabricate,
+        "costs": _costs,
     }
     return commands[args.command](args)
 

@@ -29,9 +29,29 @@ register_dataset = DATASETS.register
 
 RawSplits = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
+#: per dataset, the files its loader reads under ``data.sources.<name>.path``: a function of the
+#: source entry giving (the top folder the archive unpacks to, or None; the layout in words).
+#: Every loader states its own next to it; ``prepare_dataset``'s errors quote it.
+LAYOUTS: dict[str, Callable[[dict], tuple[str | None, str]]] = {}
+
 
 class DataSourceError(FileNotFoundError):
     """A dataset's raw files are missing or unreadable."""
+
+
+def layout_error(name: str, source: dict, err: Exception) -> DataSourceError:
+    """``err`` of dataset ``name``'s loader, with the folder it read and the layout it expects
+    there; if ``path`` looks like the dataset's top folder itself (one level too deep), says so."""
+    path = Path(source.get("path", "."))
+    lines = [f"{name}: cannot read the raw files under data.sources.{name}.path = {str(path)!r}: {err}"]
+    if name in LAYOUTS:
+        top, layout = LAYOUTS[name](source)
+        lines.append(f"expected layout under {path}: {layout}")
+        if not path.exists():
+            lines.append(f"{path} does not exist")
+        elif top is not None and not (path / top).exists() and path.name == top:
+            lines.append(f"{path} is the folder {top} itself: set the path to its parent, {path.parent}")
+    return DataSourceError("\n  ".join(lines))
 
 
 def _nchw_uint8(data) -> torch.Tensor:
@@ -50,6 +70,9 @@ FMNIST_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
+
+
+LAYOUTS["fashion_mnist"] = lambda src: (None, f"the IDX files {', '.join(FMNIST_FILES)} (each optionally .gz)")
 
 
 @register_dataset("fashion_mnist")
@@ -86,6 +109,13 @@ def load_fashion_mnist(path: str, download: bool = False, **_) -> RawSplits:
         return _nchw_uint8(train.data), train.targets.long(), _nchw_uint8(test.data), test.targets.long()
 
 
+LAYOUTS["cifar10"] = lambda src: (
+    "cifar-10-batches-py",
+    "cifar-10-batches-py/ holding data_batch_1 ... data_batch_5, test_batch and batches.meta "
+    "(cifar-10-python.tar.gz unpacked)",
+)
+
+
 @register_dataset("cifar10")
 def load_cifar10(path: str, download: bool = False, verify_md5: bool = True, **_) -> RawSplits:
     """CIFAR-10 through ``torchvision.datasets.CIFAR10``; ``path`` holds ``cifar-10-batches-py/``.
@@ -108,7 +138,10 @@ def load_cifar10(path: str, download: bool = False, verify_md5: bool = True, **_
         train = cls(path, train=True, download=download)
         test = cls(path, train=False, download=False)
     except RuntimeError as err:  # torchvision: "Dataset not found or corrupted."
-        raise DataSourceError(f"CIFAR-10 not found or corrupted under {path}: {err}") from err
+        hint = ""
+        if verify_md5 and (Path(path) / "cifar-10-batches-py" / "test_batch").is_file():
+            hint = " (the files are there, but not the official archive's: set verify_md5: false for other files)"
+        raise DataSourceError(f"CIFAR-10 not found or corrupted under {path}: {err}{hint}") from err
     return (
         _nchw_uint8(train.data),
         torch.as_tensor(train.targets).long(),
@@ -201,6 +234,13 @@ def _gtsrb_split(path: str, split: str, download: bool, image_size: int) -> tupl
     return _decode(len(ds), item, image_size, crop=False, desc=f"gtsrb {split}")
 
 
+LAYOUTS["gtsrb"] = lambda src: (
+    "gtsrb",
+    "gtsrb/GTSRB/Training/<class 00000..00042>/*.ppm (with GT-<class>.csv), gtsrb/GTSRB/Final_Test/Images/*.ppm "
+    "and gtsrb/GT-final_test.csv (torchvision's GTSRB layout: the three official zips unpacked into gtsrb/)",
+)
+
+
 @register_dataset("gtsrb")
 def load_gtsrb(path: str, download: bool = False, image_size: int = 32, **_) -> RawSplits:
     """GTSRB (43 classes) through ``torchvision.datasets.GTSRB``, in its layout under ``path``:
@@ -221,6 +261,13 @@ def _jpegs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpeg", ".jpg")) if folder.is_dir() else []
 
 
+LAYOUTS["tinyimagenet"] = lambda src: (
+    "tiny-imagenet-200",
+    "tiny-imagenet-200/ holding wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG and "
+    "val/val_annotations.txt (tiny-imagenet-200.zip unpacked, or the zip itself)",
+)
+
+
 @register_dataset("tinyimagenet")
 def load_tinyimagenet(path: str, download: bool = False, image_size: int = 64, **_) -> RawSplits:
     """Tiny-ImageNet-200 as unpacked from ``tiny-imagenet-200.zip`` into ``path``:
@@ -232,8 +279,15 @@ def load_tinyimagenet(path: str, download: bool = False, image_size: int = 64, *
 
     Images are 64x64 (grayscale ones become RGB); other ``image_size`` values (default 64, as in LAC
     and EFRAP) resize them, bilinear with antialiasing. Not downloadable: ``download`` must be false.
+    A ``tiny-imagenet-200.zip`` in ``path`` without that folder is unpacked there first.
     """
     root = Path(path) / "tiny-imagenet-200"
+    archive = Path(path) / "tiny-imagenet-200.zip"
+    if not root.exists() and archive.is_file():
+        import zipfile
+
+        with zipfile.ZipFile(archive) as z:
+            z.extractall(path)
     if download:
         raise DataSourceError(
             f"Tiny-ImageNet has no download support: unpack tiny-imagenet-200.zip into {path} (giving {root}) "
@@ -242,7 +296,8 @@ def load_tinyimagenet(path: str, download: bool = False, image_size: int = 64, *
     wnids_file = root / "wnids.txt"
     if not wnids_file.is_file():
         raise DataSourceError(
-            f"Tiny-ImageNet not found: {wnids_file} is missing; unpack tiny-imagenet-200.zip into {path}"
+            f"Tiny-ImageNet not found: {wnids_file} is missing; unpack tiny-imagenet-200.zip into {path} "
+            "(or put the zip there); it cannot be downloaded"
         )
     wnids = [w.strip() for w in wnids_file.read_text().splitlines() if w.strip()]
     index = {w: i for i, w in enumerate(wnids)}
@@ -280,6 +335,20 @@ def load_tinyimagenet(path: str, download: bool = False, image_size: int = 64, *
 
 
 IMAGENETTE_FOLDERS = {"full": "imagenette2", "320px": "imagenette2-320", "160px": "imagenette2-160"}
+
+
+def _imagenette_layout(src: dict) -> tuple[str | None, str]:
+    size = src.get("size", "320px")
+    folder = IMAGENETTE_FOLDERS.get(size)
+    if folder is None:
+        return None, f"size {size!r} is none of {sorted(IMAGENETTE_FOLDERS)}"
+    return folder, (
+        f"{folder}/train/<wnid>/*.JPEG and {folder}/val/<wnid>/*.JPEG, the ten ImageNette wnids "
+        f"({folder}.tgz unpacked; size {size}: {', '.join(f'{k} -> {v}' for k, v in IMAGENETTE_FOLDERS.items())})"
+    )
+
+
+LAYOUTS["imagenette"] = _imagenette_layout
 
 
 @register_dataset("imagenette")
@@ -355,7 +424,10 @@ def prepare_dataset(name: str, source: dict, out_path: str | Path, fraction: flo
     """Load ``name`` from ``source`` and write the cached tensors + ``data.json`` atomically."""
     from safetensors.torch import save_file
 
-    xtr, ytr, xte, yte = DATASETS.create(name, **source)
+    try:
+        xtr, ytr, xte, yte = DATASETS.create(name, **source)
+    except DataSourceError as err:
+        raise layout_error(name, source, err) from err
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     mean, std = _channel_stats(xtr)
