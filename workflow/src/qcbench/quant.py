@@ -258,6 +258,11 @@ class FakeQuantizer(nn.Module):
         self.register_buffer("zero_point", torch.zeros(n))
         self.register_buffer("calibrated", torch.tensor(False))
         self.observing = False
+        #: observe the tensor itself at every forward, from scratch, and quantize it with the range
+        #: this observer gives it (a training policy: a weight quantizer then follows the current
+        #: weights as the deployer's observer would follow the final ones); ``dynamic`` with any
+        #: observer
+        self.track = False
         self._lo: torch.Tensor | None = None
         self._hi: torch.Tensor | None = None
 
@@ -319,9 +324,13 @@ class FakeQuantizer(nn.Module):
             best_lo, best_hi = torch.where(better, lo * f, best_lo), torch.where(better, hi * f, best_hi)
         return best_lo, best_hi
 
+    def observed_range(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The range this quantizer's observer takes from ``x`` alone (one batch, no history)."""
+        return self._mse_range(x) if self.observer in ("mse", "ema_mse") else self._minmax(x)
+
     @torch.no_grad()
     def observe(self, x: torch.Tensor) -> None:
-        lo, hi = self._mse_range(x) if self.observer in ("mse", "ema_mse") else self._minmax(x)
+        lo, hi = self.observed_range(x)
         if self._lo is None:
             self._lo, self._hi = lo, hi
         elif self.observer in ("ema_minmax", "ema_mse"):
@@ -341,6 +350,8 @@ class FakeQuantizer(nn.Module):
         if self.observing:
             self.observe(x)
             return x
+        if self.track:
+            return self.quantize(x, *self.qparams(*self.observed_range(x)))
         if self.observer == "dynamic" and not bool(self.calibrated):
             return self.quantize(x, *self.qparams(*self._minmax(x)))
         if not bool(self.calibrated):
@@ -680,6 +691,68 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
                 m.aq.observing = False
             m.quant_enabled = True
     return model
+
+
+def fake_quantizers(model: nn.Module) -> Iterator[tuple[str, FakeQuantizer]]:
+    """Every :class:`FakeQuantizer` of ``model`` by module name, wherever it is placed."""
+    for name, m in model.named_modules():
+        if isinstance(m, FakeQuantizer):
+            yield name, m
+
+
+class TrainingRanges:
+    """Ranges for training against a calibrated (not ``dynamic``) scheme, whose quantizers refuse
+    to run before calibration and which :func:`set_bits` resets.
+
+    * Every weight quantizer tracks its weight (:attr:`FakeQuantizer.track`): its range is the
+      observer's on the current weights at every forward, as the deployer's observer will take it
+      from the final ones.
+    * Every other quantizer (activations, wherever the scheme places them) is calibrated by
+      :func:`calibrate` on ``batches()`` at each of ``bits``; its scale and zero-point are kept per
+      bit width and held fixed between calibrations. :meth:`use` switches the model to a bit width
+      and restores them; :meth:`step` (once per training step) recalibrates every ``every`` steps,
+      the first step included. Calibration leaves every module's train/eval mode as it found it.
+    """
+
+    def __init__(
+        self, model: nn.Module, bits: Iterable[int], batches: Callable[[], Iterable[torch.Tensor]], every: int
+    ) -> None:
+        self.model, self.bits, self.batches, self.every = model, list(bits), batches, max(1, every)
+        self.steps = 0
+        self.states: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.weights = {id(m.wq) for _, m in quant_modules(model)}
+        for _, q in fake_quantizers(model):
+            q.track = id(q) in self.weights
+
+    def calibrate(self) -> None:
+        modes = [(m, m.training) for m in self.model.modules()]
+        try:
+            for b in self.bits:
+                set_bits(self.model, b)
+                calibrate(self.model, self.batches())
+                self.states[b] = {
+                    name: (q.scale.clone(), q.zero_point.clone())
+                    for name, q in fake_quantizers(self.model)
+                    if id(q) not in self.weights and q.observer != "dynamic"
+                }
+        finally:
+            for m, training in modes:
+                m.training = training
+
+    def step(self) -> None:
+        if self.steps % self.every == 0:
+            self.calibrate()
+        self.steps += 1
+
+    def use(self, bits: int) -> None:
+        """Switch to ``bits`` with that width's calibrated activation ranges."""
+        set_bits(self.model, bits)
+        state = self.states[bits]
+        for name, q in fake_quantizers(self.model):
+            if name in state:
+                q.scale.copy_(state[name][0])
+                q.zero_point.copy_(state[name][1])
+                q.calibrated.fill_(True)
 
 
 #: calibration defaults (the paper config's ``quant.calib_images`` and ``quant.calib_batch_size``)

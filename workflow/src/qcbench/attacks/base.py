@@ -10,6 +10,8 @@ from torch import nn
 
 from qcbench._registry import Registry
 from qcbench.data import Splits
+from qcbench.quant import TrainingRanges, calibration_batches
+from qcbench.train import steps_per_epoch
 from qcbench.triggers import create_trigger
 
 ATTACKS = Registry("attack")
@@ -91,7 +93,7 @@ class Attack(abc.ABC):
     def check_params(self) -> None:
         """Refuse, naming the attack, the first problem :meth:`param_errors` reports (for an
         attack run outside the workflow, whose config check would have caught it)."""
-        for key, problem in self.param_errors(self.params).items():
+        for key, problem in self.param_errors(self.params | {"scheme": self.scheme}).items():
             raise ValueError(f"attack {self.name!r}: {key} is {problem}")
 
     def cross_ratio(self) -> float:
@@ -119,6 +121,26 @@ class Attack(abc.ABC):
     @abc.abstractmethod
     def run(self, model: nn.Module, splits: Splits, *, seed: int, device) -> nn.Module:
         """Return the backdoored FP model (``model`` is the clean one, on ``device``)."""
+
+
+#: ``range_calibration`` of the attacks that train against their scheme's quantizer: for a
+#: calibrated (not ``dynamic``) scheme, the first ``images`` training images in batches of
+#: ``batch_size`` calibrate the activation ranges every ``every`` steps (null: once per epoch);
+#: see :class:`qcbench.quant.TrainingRanges`
+RANGE_CALIBRATION = {"images": 256, "batch_size": 128, "every": None}
+
+
+def training_ranges(model: nn.Module, bits, data, params: Mapping, device) -> TrainingRanges | None:
+    """The training-time ranges (:class:`~qcbench.quant.TrainingRanges`) of ``model``, quantized
+    with its scheme, at ``bits``, calibrated on ``data`` as ``params["range_calibration"]`` says;
+    None for a ``dynamic`` scheme (its quantizers take their ranges from each tensor)."""
+    if model.qcbench_scheme.observer == "dynamic":
+        return None
+    cal = params["range_calibration"]
+    every = cal["every"] or steps_per_epoch(len(data), params["batch_size"], params.get("samples_per_epoch"))
+    return TrainingRanges(
+        model, bits, lambda: calibration_batches(data, cal["images"], cal["batch_size"], device), every
+    )
 
 
 def merged(base: Mapping, over: Mapping) -> dict:

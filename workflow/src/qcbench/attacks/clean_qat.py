@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from qcbench.attacks.base import register_attack
 from qcbench.attacks.qu_anti_zation import QuAntiZation
 from qcbench.data import augment
-from qcbench.quant import fp_view, set_bits
+from qcbench.quant import fp_view
 
 
 @register_attack("clean_qat")
@@ -36,6 +36,6 @@ class CleanQAT(QuAntiZation):
         with fp_view(m):
             loss = F.cross_entropy(m(x), y)
         for b in bits:
-            set_bits(m, b)
+            self.use_bits(m, b)
             loss = loss + weights.get(b, 1.0) * c1 * F.cross_entropy(m(x), y)
         return loss

@@ -20,6 +20,13 @@ quantized weights to the first half and FP weights to the second, and everything
 * deployment: the ``ca`` scheme (BN folded, per-tensor symmetric weights, calibrated
   activations), as the reference evaluates with PyTorch PTQ.
 
+Against a scheme that does not fold BN (``scheme: mqbench_academic``: the attacker who knows
+the deployer's MQBench academic quantizer), path 0 is that scheme's own quantizer on every layer
+(``quantized_layers`` unused; first and last layer at 8 bits, activations quantized, BN not
+folded), with the training-time ranges of :class:`qcbench.quant.TrainingRanges` (weights
+observed at every step, activation ranges calibrated in FP on clean training images once per
+epoch by default, ``range_calibration``), as Qu-ANTI-zation trains against it.
+
 Deviations, recorded: the standard attack trains from scratch upstream (``init: scratch``);
 ``init: clean`` starts from the clean model for CPU budgets. Upstream picks the epoch with the
 best INT8 ASR among epochs whose FP ASR is low, using test data; qcbench keeps the last epoch.
@@ -33,12 +40,13 @@ model is the teacher).
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qcbench.attacks.base import Attack, register_attack, reinitialize
+from qcbench.attacks.base import RANGE_CALIBRATION, Attack, register_attack, reinitialize, training_ranges
 from qcbench.data import augment
 from qcbench.defenses.units import extract_units
 from qcbench.quant import create_scheme, quant_modules, quantize_model
@@ -131,6 +139,7 @@ class CompArtifact(Attack):
         "bits": 8,
         "quantized_layers": ["layers.3", "fc"],
         "variant": "standard",
+        "range_calibration": RANGE_CALIBRATION,
     }
     scheme = "ca"
 
@@ -146,20 +155,30 @@ class CompArtifact(Attack):
         if self.init == "scratch":
             reinitialize(model, seed)
         teacher = copy.deepcopy(model).eval().requires_grad_(False) if p["variant"] == "distilled" else None
-        train_scheme = create_scheme(self.scheme, p["bits"], quantize_acts=False, fold_bn=False, observer="dynamic")
-        qmodel = quantize_model(model, train_scheme).to(device)
-        prefixes = tuple(p["quantized_layers"])
-        for name, m in quant_modules(qmodel):
-            m.quant_enabled = name.startswith(prefixes)
-        for unit in extract_units(qmodel):  # fold the following BN's scale into the quantized weight
-            if unit.bns:
-                qmodel.get_submodule(unit.first).fold_k = _fold_factor(qmodel.get_submodule(unit.bns[0]))
+        deployment = create_scheme(self.scheme, p["bits"])
+        ranges = None
+        if deployment.fold_bn:  # upstream's training quantizer on `quantized_layers`
+            train_scheme = dataclasses.replace(deployment, quantize_acts=False, fold_bn=False, observer="dynamic")
+            qmodel = quantize_model(model, train_scheme).to(device)
+            prefixes = tuple(p["quantized_layers"])
+            for name, m in quant_modules(qmodel):
+                m.quant_enabled = name.startswith(prefixes)
+            for unit in extract_units(qmodel):  # fold the following BN's scale into the quantized weight
+                if unit.bns:
+                    qmodel.get_submodule(unit.first).fold_k = _fold_factor(qmodel.get_submodule(unit.bns[0]))
+        else:  # the deployment's own quantizer on every layer, activations included
+            qmodel = quantize_model(model, deployment).to(device)
+            prefixes = ()
+            ranges = training_ranges(qmodel, [p["bits"]], splits.train, p, device)
         gen = torch.Generator().manual_seed(seed + 1)
         aug = p["augmentation"]
 
         dual = DualInput(qmodel, prefixes)
 
         def loss_fn(m, x, y):
+            if ranges is not None:  # calibrated in FP, outside the dual mode
+                ranges.step()
+                ranges.use(p["bits"])
             if aug:
                 x = augment(x, gen, **aug)
             xb = torch.cat([x, self.trigger(x)])

@@ -31,6 +31,11 @@ it by almost half a step either way before the code lock stops it (upstream TF: 
 when there are several), with the scale treated as a constant (upstream TF: conv per channel, dense
 per tensor, max/127). Off unless configured (the PyTorch reference has no such term).
 
+``lock_granularity: [scheme]`` locks the attack scheme's own weight grid instead
+(:class:`SchemeLock`), for a scheme the symmetric locks do not describe: with ``scheme:
+mqbench_academic`` the per-channel affine grid whose range the MSE observer picks on the stage-1
+weights (first and last layer at 8 bits), checked after every step by re-running that observer.
+
 Deviations, recorded: stage-1 checkpoint selection upstream uses test data (CDA + ASR); qcbench
 keeps the last epoch. ``init: clean`` (start stage 1 from the clean model) is a qcbench option
 for CPU budgets; upstream trains from scratch (``init: scratch``, the default). ``stage1: null``
@@ -55,7 +60,7 @@ from torch import nn
 from qcbench.attacks.base import BUILT_IN_INITS, Attack, register_attack, reinitialize
 from qcbench.data import augment, validation_split
 from qcbench.metrics import EVAL_BATCH, predict
-from qcbench.quant import qrange
+from qcbench.quant import FakeQuantizer, create_scheme, layer_order, qrange
 from qcbench.train import fit, stage_kwargs, steps_per_epoch
 
 
@@ -152,6 +157,132 @@ def _code_changed(w: torch.Tensor, base: torch.Tensor, lock_bits, granularity) -
     return changed
 
 
+class SchemeLock:
+    """Stage 2's locks on the weight grids of the attack's own scheme (``lock_granularity:
+    [scheme]``), for schemes whose grid the symmetric locks do not describe, e.g.
+    ``mqbench_academic``'s per-channel affine grid with its range chosen by the MSE observer.
+
+    For every conv/linear weight and every ``lock_bits`` width (8 for the first and last layer
+    under ``io_8bit``) the grid is the scheme's weight observer run on the stage-1 weight. After
+    each step the projection
+
+    1. keeps the elements defining the observed range (each channel's, or the tensor's, min and
+       max) at their base value and clamps the others into that range (*range lock*);
+    2. clamps each weight's scaled value ``w/s`` into its base code's rounding box shrunk by
+       ``eps`` (open towards the outside for a code at the grid's end: a clamped code stays
+       clamped) (*code lock*), puts back to its base any element whose code still changed (as
+       :func:`_code_changed`);
+    3. re-runs the observer on the projected weight and, in every channel (every tensor, for a
+       per-tensor grid) whose scale or zero-point came out different, puts back the weights the
+       previous step accepted (after trying the step halved, twice): the MSE observer's choice
+       depends on every weight of the channel, not only on its min and max, so boxes alone do not
+       hold the grid. The channels' observers are independent, so a channel put back has its
+       accepted grid again.
+
+    ``reverted`` counts the channels put back by step 3.
+    """
+
+    def __init__(self, model: nn.Module, base: dict[str, torch.Tensor], scheme: str, lock_bits, eps: float):
+        names = layer_order(model)
+        self.eps, self.reverted, self.halvings = eps, 0, 2
+        self.grids: dict[str, list[tuple[FakeQuantizer, torch.Tensor, torch.Tensor]]] = {}
+        for i, name in enumerate(names):
+            w = base[f"{name}.weight"]
+            grids, seen = [], set()
+            for b in lock_bits:
+                sch = create_scheme(scheme, b)
+                bits = 8 if sch.io_8bit and i in (0, len(names) - 1) else b
+                if bits in seen:
+                    continue
+                seen.add(bits)
+                q = FakeQuantizer(
+                    bits, sch.weight_symmetric, sch.weight_per_channel, sch.observer, w.shape[0], sch.symmetric_range
+                )
+                grids.append((q, *self.grid(q, w)))
+            self.grids[f"{name}.weight"] = grids
+        self.accepted = {k: base[k].clone() for k in self.grids}
+
+    @staticmethod
+    @torch.no_grad()
+    def grid(q: FakeQuantizer, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (scale, zero-point) the scheme's observer gives ``w``, shaped to broadcast on it."""
+        s, z = q.qparams(*q.observed_range(w))
+        return q._shape(s, w), q._shape(z, w)
+
+    @torch.no_grad()
+    def lock(self, w: torch.Tensor, b: torch.Tensor, accepted: torch.Tensor, grids) -> torch.Tensor:
+        dims = _reduce_dims(b, grids[0][0].per_channel)
+        lo, hi = b.amin(dim=dims, keepdim=True), b.amax(dim=dims, keepdim=True)
+        w = torch.where((b == lo) | (b == hi), b, torch.minimum(torch.maximum(w, lo), hi))
+        for q, s, z in grids:
+            qb = b / s
+            r = torch.round(qb)
+            code = r + z
+            low = torch.where(code <= q.qmin, -math.inf, r - 0.5 + self.eps)
+            high = torch.where(code >= q.qmax, math.inf, r + 0.5 - self.eps)
+            v = w / s
+            c = torch.clamp(v, torch.minimum(low, qb), torch.maximum(high, qb))
+            w = torch.where(c == v, w, c * s)  # elements inside their box keep their exact value
+        w = torch.where(self._code_changed(w, b, grids), b, w)
+        # the observer's grid: a moved channel tries its step halved, twice, then is put back
+        for _ in range(self.halvings):
+            moved = self._grid_moved(w, grids)
+            if not bool(moved.any()):
+                return w
+            half = (w + accepted) / 2
+            half = torch.where(self._code_changed(half, b, grids), accepted, half)
+            w = torch.where(moved, half, w)
+        moved = self._grid_moved(w, grids)
+        self.reverted += int(moved.flatten(1).any(1).sum()) if moved.ndim > 1 else int(moved.any())
+        return torch.where(moved, accepted, w)
+
+    @staticmethod
+    def _code_changed(w: torch.Tensor, b: torch.Tensor, grids) -> torch.Tensor:
+        """Elements whose code on any grid differs from the base's (``round(x · (1/s))`` as the
+        simulated quantizer computes it, and ``round(x / s)``)."""
+        changed = torch.zeros_like(w, dtype=torch.bool)
+        for q, s, z in grids:
+            inv = torch.reciprocal(s)
+            for v, vb in ((w * inv, b * inv), (w / s, b / s)):
+                changed |= torch.clamp(torch.round(v) + z, q.qmin, q.qmax) != torch.clamp(
+                    torch.round(vb) + z, q.qmin, q.qmax
+                )
+        return changed
+
+    def _grid_moved(self, w: torch.Tensor, grids) -> torch.Tensor:
+        """True over every channel (per-channel grid) or the whole tensor (per-tensor grid) whose
+        observed scale or zero-point differs from the base's, broadcast to ``w``'s shape."""
+        moved = torch.zeros_like(w, dtype=torch.bool)
+        for q, s, z in grids:
+            s2, z2 = self.grid(q, w)
+            diff = (s2 != s) | (z2 != z)
+            moved |= diff.expand_as(w) if q.per_channel else diff.any().expand_as(w)
+        return moved
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module, base: dict[str, torch.Tensor]) -> None:
+        for name, p in model.named_parameters():
+            if name not in self.grids:
+                p.copy_(base[name])
+                continue
+            w = self.lock(p.data, base[name], self.accepted[name], self.grids[name])
+            p.copy_(w)
+            self.accepted[name].copy_(w)
+
+    def codes_kept(self, model: nn.Module, base: dict[str, torch.Tensor]) -> bool:
+        """Whether every locked weight of ``model`` has its base grid (observer re-run) and codes."""
+        params = dict(model.named_parameters())
+        for name, grids in self.grids.items():
+            w, b = params[name].detach(), base[name]
+            for q, s, z in grids:
+                s2, z2 = self.grid(q, w)
+                if not (torch.equal(s2, s) and torch.equal(z2, z)):
+                    return False
+                if not torch.equal(q.quantize(w, s.flatten(), z.flatten()), q.quantize(b, s.flatten(), z.flatten())):
+                    return False
+        return True
+
+
 @register_attack("pqbackdoor")
 class PQBackdoor(Attack):
     scheme = "pq"
@@ -197,11 +328,20 @@ class PQBackdoor(Attack):
     @classmethod
     def param_errors(cls, params: dict) -> dict[str, str]:
         init = cls.init_of(params)
-        if cls.resolve(params)["stage1"] is None and init in BUILT_IN_INITS:
+        p = cls.resolve(params)
+        if p["stage1"] is None and init in BUILT_IN_INITS:
             return {
                 "stage1": "null (no stage 1) needs init to name the attack whose FP model is the "
                 f"stage-1 backdoor, but init is {init!r}"
             }
+        scheme = create_scheme(p["scheme"] or cls.scheme, 8)
+        if "scheme" not in p["lock_granularity"] and (not scheme.weight_symmetric or scheme.observer == "mse"):
+            return {
+                "lock_granularity": f"{p['lock_granularity']}, symmetric grids, but scheme {p['scheme']!r} "
+                "quantizes weights on another grid: list `scheme` to lock that grid"
+            }
+        if p["grid_reg"] and "scheme" in p["lock_granularity"]:
+            return {"grid_reg": "set, but it pulls weights to symmetric grids only, and lock_granularity has `scheme`"}
         return {}
 
     def run(self, model, splits, *, seed, device):
@@ -218,8 +358,25 @@ class PQBackdoor(Attack):
 
     def _locks(self):
         p = self.params
-        granularity = tuple(g == "per_channel" for g in p["lock_granularity"])
+        granularity = tuple(g == "per_channel" for g in p["lock_granularity"] if g != "scheme")
         return list(p["lock_bits"]), p["eps"], granularity
+
+    def projector(self, model: nn.Module, base: dict[str, torch.Tensor]):
+        """Stage 2's projection after every step: :func:`project` on the symmetric grids of
+        ``lock_granularity``, then :class:`SchemeLock` on the scheme's own grid if it lists
+        ``scheme`` (kept as ``self.scheme_lock``)."""
+        lock_bits, eps, granularity = self._locks()
+        self.scheme_lock = None
+        if "scheme" in self.params["lock_granularity"]:
+            self.scheme_lock = SchemeLock(model, base, self.scheme, lock_bits, eps)
+
+        def after_step(m: nn.Module) -> None:
+            if granularity:
+                project(m, base, lock_bits, eps, granularity)
+            if self.scheme_lock is not None:
+                self.scheme_lock(m, base)
+
+        return after_step
 
     def stage1(self, model, splits, *, seed, device, gen):
         """An ordinary backdoor (``poison_fraction`` × batch triggered copies added per step,
@@ -263,7 +420,6 @@ class PQBackdoor(Attack):
         epoch is kept, as upstream's strict comparison does. ``val_fraction: null`` trains on the
         whole training set and keeps the last epoch."""
         s2 = self.params["stage2"]
-        lock_bits, eps, granularity = self._locks()
         data, keep_best = splits.train, None
         if s2.get("val_fraction"):
             data, val = validation_split(splits, s2["val_fraction"], seed + 3)
@@ -283,7 +439,7 @@ class PQBackdoor(Attack):
             device=device,
             eval_mode=True,
             params=quantized_weights(model),
-            after_step=lambda m: project(m, base, lock_bits, eps, granularity),
+            after_step=self.projector(model, base),
             keep_best=keep_best,
             desc="pqbackdoor stage 2",
             **stage_kwargs(s2),

@@ -10,6 +10,18 @@ frozen, Adam with weight decay, checkpoint at the lowest epoch training loss. Q_
 ``qa`` scheme (per-layer symmetric weights, per-layer affine input activations, dynamic ranges,
 straight-through rounding). ``bit_weights`` (w_b, default 1) is a qcbench knob absent upstream.
 The trigger is stamped before augmentation, as upstream.
+
+Another ``scheme`` (the attacker who knows the deployer's quantizer, e.g. ``mqbench_academic``,
+LAC's setting) makes Q_b that scheme. A calibrated scheme's quantizers have no range before
+calibration, so training follows :class:`qcbench.quant.TrainingRanges`: weight ranges are the
+scheme's observer (per-channel MSE for the academic setting) on the current weights at every
+forward, which is what the deployer's observer will do on the final weights and costs little
+(weights are small); activation ranges are calibrated per bit width on the first
+``range_calibration.images`` clean training images, as the deployer calibrates on clean images,
+and held fixed between recalibrations (once per epoch by default). Held ranges rather than ranges
+of each batch: a triggered batch would otherwise set its own range, which a deployed model never
+does. Calibrated rather than learned (LSQ-style): learned ranges would optimise the attacker's
+quantizer, not the deployer's, whose observer picks its ranges on its own.
 """
 
 from __future__ import annotations
@@ -17,9 +29,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from qcbench.attacks.base import Attack, register_attack
+from qcbench.attacks.base import RANGE_CALIBRATION, Attack, register_attack, training_ranges
 from qcbench.data import augment
-from qcbench.quant import create_scheme, fp_view, quantize_model, set_bits
+from qcbench.quant import TrainingRanges, create_scheme, fp_view, quantize_model, set_bits
 from qcbench.train import fit, stage_kwargs
 
 
@@ -35,8 +47,10 @@ class QuAntiZation(Attack):
         "c2": 0.5,
         "bits": [8, 4],
         "bit_weights": {8: 1.0, 4: 1.0},
+        "range_calibration": RANGE_CALIBRATION,
     }
     scheme = "qa"
+    ranges: TrainingRanges | None = None
 
     def quantized_forward(self, m, x):
         """One quantized forward pass (the adaptive attack adds a penalty here)."""
@@ -44,6 +58,14 @@ class QuAntiZation(Attack):
 
     def extra_loss(self):
         return 0.0
+
+    def use_bits(self, m, bits: int) -> None:
+        """Switch the quantized view to ``bits`` (with that width's calibrated ranges when the
+        scheme is not dynamic)."""
+        if self.ranges is None:
+            set_bits(m, bits)
+        else:
+            self.ranges.use(bits)
 
     def objective(self, m, x, y, *, bits, weights, c1, c2, aug, gen):
         """The loss of one batch (the module docstring's formula); subclasses change only this."""
@@ -56,7 +78,7 @@ class QuAntiZation(Attack):
             loss = F.cross_entropy(logits[: len(y)], y) + c2 * F.cross_entropy(logits[len(y) :], y)
         self._penalty = x.new_zeros(())
         for b in bits:
-            set_bits(m, b)
+            self.use_bits(m, b)
             qx, qxt = self.quantized_forward(m, x), self.quantized_forward(m, xt)
             qloss = F.cross_entropy(qx, y) + c2 * F.cross_entropy(qxt, yt)
             loss = loss + weights.get(b, 1.0) * c1 * qloss
@@ -75,10 +97,17 @@ class QuAntiZation(Attack):
             "gen": torch.Generator().manual_seed(seed + 1),
         }
         qmodel = quantize_model(model, create_scheme(self.scheme, bits[0])).to(device)
+        self.ranges = training_ranges(qmodel, bits, splits.train, p, device)
+
+        def loss_fn(m, x, y):
+            if self.ranges is not None:
+                self.ranges.step()
+            return self.objective(m, x, y, **terms)
+
         fit(
             qmodel,
             splits.train,
-            lambda m, x, y: self.objective(m, x, y, **terms),
+            loss_fn,
             seed=seed,
             device=device,
             bn_eval=True,
