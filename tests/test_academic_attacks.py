@@ -10,10 +10,12 @@ from qcbench.attacks import create_attack
 from qcbench.attacks.pqbackdoor import PQBackdoor, SchemeLock
 from qcbench.quant import (
     TrainingRanges,
+    act_quantizers,
     calibrate,
     calibration_batches,
     create_scheme,
     fake_quantizers,
+    fp_view,
     input_quantizers,
     quant_modules,
     quantize_model,
@@ -238,3 +240,24 @@ def test_pqbackdoor_stage2_on_the_academic_grid_keeps_the_stage1_models_4bit_wei
         b.wq.observe(b.weight)
         assert torch.equal(a.quant_weight(), b.quant_weight()), name
     assert any(not torch.equal(base[n], p) for n, p in out.named_parameters() if n in atk.scheme_lock.grids)
+
+
+def test_dual_mode_quantizes_path_0_only_wherever_the_quantizers_sit(tiny_model):
+    """CompArtifact's dual batch [x; x] under MQBench placement: the post-activation quantizers,
+    outside the layers, also quantize the first half only, so the second half is the FP model."""
+    from qcbench.attacks.compartifact import set_dual
+
+    q = quantize_model(tiny_model, create_scheme("mqbench_academic", 4))
+    x = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    calibrate(q, [x])
+    assert list(act_quantizers(q))
+    set_dual(q, True)
+    with torch.no_grad():
+        out = q(torch.cat([x, x]))
+    set_dual(q, False)
+    with torch.no_grad():
+        quantized = q(x)
+        with fp_view(q):
+            fp = q(x)
+    assert not torch.allclose(quantized, fp, atol=1e-3)
+    assert torch.allclose(out[:8], quantized, atol=1e-5) and torch.allclose(out[8:], fp, atol=1e-5)

@@ -453,6 +453,7 @@ class ActQuantizer(nn.Module):
         self.aq = FakeQuantizer(bits, scheme.act_symmetric, False, scheme.activation_observer)
         self.io = io
         self.quant_enabled = True
+        self.dual = False  # CompArtifact: quantize the first half of the batch, pass the FP half
 
     def quant_input(self, x: torch.Tensor) -> torch.Tensor:
         return self.aq(x)
@@ -462,6 +463,9 @@ class ActQuantizer(nn.Module):
             if self.aq.observing:  # the FP view still records what it sees (calibration)
                 self.aq.observe(x)
             return x
+        if self.dual:
+            xq, xf = x.chunk(2)
+            return torch.cat([self.aq(xq), xf])
         return self.aq(x)
 
 

@@ -49,12 +49,14 @@ from torch import nn
 from qcbench.attacks.base import RANGE_CALIBRATION, Attack, register_attack, reinitialize, training_ranges
 from qcbench.data import augment
 from qcbench.defenses.units import extract_units
-from qcbench.quant import create_scheme, quant_modules, quantize_model
+from qcbench.quant import act_quantizers, create_scheme, quant_modules, quantize_model
 from qcbench.train import fit, stage_kwargs
 
 
 def set_dual(model: nn.Module, on: bool) -> None:
-    for _, m in quant_modules(model):
+    """Dual mode on every quantized layer and every post-activation quantizer (MQBench placement):
+    each quantizes the first half of the batch (path 0) and passes the second (FP path) through."""
+    for _, m in (*quant_modules(model), *act_quantizers(model)):
         m.dual = on
 
 
