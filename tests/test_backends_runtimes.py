@@ -17,19 +17,11 @@ from qcbench.backends import (
 from qcbench.metrics import evaluate, predict
 from qcbench.triggers import create_trigger
 
+from .test_backends import calib_batches, skip_unavailable
+
 NAMES = ["pt2e_x86", "pt2e_xnnpack", "pt2e_xnnpack_pertensor", "openvino", "openvino_qdq"]
 # a static batch the padded chunks must fill: 200-image predictions run as 64+64+64+8
 BATCH = {"pt2e_x86": 64, "pt2e_xnnpack": 64, "pt2e_xnnpack_pertensor": 64}
-
-
-def skip_unavailable(name: str) -> None:
-    reason = available_backends()[name]
-    if reason is not None:
-        pytest.skip(reason)
-
-
-def calib_batches(splits, n: int = 256, batch_size: int = 64):
-    return [x for x, _ in splits.defender.batches(batch_size, limit=n)]
 
 
 def build(name, model, splits):
