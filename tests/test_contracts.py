@@ -25,6 +25,7 @@ from qcbench.defenses import DEFENSES, FPDefense, create_defense, is_fp_defense
 from qcbench.defenses.base import defaults_of
 from qcbench.detection import DETECTORS, STATUSES, DetectionInputs, Verdict, at_precision, create_detector
 from qcbench.detection.base import NoGradientError
+from qcbench.fabricate import FABRICATORS, fabricate
 from qcbench.figures import FIGURES, FigureResult, figure_inputs, render_figure
 from qcbench.models import MODELS, create_model
 from qcbench.package_data import PAPER_REFERENCE
@@ -57,6 +58,7 @@ REGISTRIES = {
     "qcbench.data.DATASETS": DATASETS,
     "qcbench.figures.FIGURES": FIGURES,
     "qcbench.detection.base.DETECTORS": DETECTORS,
+    "qcbench.fabricate.FABRICATORS": FABRICATORS,
 }
 #: a name usable as a path component and a config key
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -216,6 +218,7 @@ FACTORIES = {  # each family's public factory, called with an unregistered name
     "dataset": lambda n: prepare_dataset(n, {"path": "."}, "unused.safetensors", 0.05, 0),
     "figure": lambda n: figure_inputs(n, {"figures": {n: {}}}),
     "detector": lambda n: create_detector(n, {}),
+    "fabricator": lambda n: fabricate(n, "unused"),
 }
 
 

@@ -108,3 +108,19 @@ def test_a_wrong_layer_names_the_config_key(cell, monkeypatch):
     cfg = {**CONFIG, "figures": {"fig3": {**CONFIG["figures"]["fig3"], "unit": "layers.2.0.relu1"}}}
     with pytest.raises(ValueError, match="figures.fig3.unit"):
         figures.render_figure("fig3", cfg, figures.figure_inputs("fig3", cfg))
+
+
+def test_grad_cam_of_a_stage_in_a_graph_module_quantized_model(tiny_model):
+    """Under MQBench placement the quantized model is a torch.fx GraphModule in which a stage is
+    inlined: Grad-CAM of `layers` hooks the last module called inside it, with the same maps as
+    hooking that stage's output on the FP model."""
+    from qcbench.quant import calibrate, create_scheme, quantize_model
+
+    x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    q = calibrate(quantize_model(tiny_model, create_scheme("mqbench_academic", 8)), [x])
+    assert isinstance(q, torch.fx.GraphModule)
+    last_relu = [n for n, m in q.named_modules() if n.startswith("layers.") and isinstance(m, nn.ReLU)][-1]
+    assert figures.output_module(q, "layers") is q.get_submodule(last_relu)
+    assert figures.output_module(tiny_model.eval(), "layers") is tiny_model.get_submodule("layers")
+    maps, pred = figures.grad_cam(q, "layers", x)
+    assert maps.shape[0] == 4 and len(pred) == 4 and maps.max() > 0

@@ -115,8 +115,9 @@ def slurm_run(slurm_cluster, tmp_path_factory):
 def test_jobs_went_through_sbatch(slurm_run):
     work, out = slurm_run
     ids = SUBMITTED.findall(out)
-    # prepare_data, then for the one seed: train_clean, attack, 2 quantize, 2 defend, 6 evaluate
-    assert len(ids) == 1 + 1 + 1 + 2 + 2 + 6, out[-3000:]
+    # prepare_data, then for the one seed: train_clean, attack, 2 quantize, 4 defend (lac, and
+    # none_attacker: the cell in the attack's own quantizer beside the deployer's), 8 evaluate
+    assert len(ids) == 1 + 1 + 1 + 2 + 4 + 8, out[-3000:]
     queue = _sh("squeue", "--states=all", "--noheader", "--format=%i|%T|%k").stdout
     states = {i: (state, comment) for i, state, comment in (line.split("|", 2) for line in queue.split())}
     jobcomp = ""
@@ -138,5 +139,6 @@ def test_jobs_went_through_sbatch(slurm_run):
 def test_metrics_parquet_from_slurm(slurm_run):
     work, _ = slurm_run
     df = pd.read_parquet(work / "results" / "metrics.parquet")
-    assert len(df) == 2 + 2 * 2 and set(df.seed) == {0}  # clean, attacked FP, (none, lac) x (8, 4)
+    # clean, attacked FP, (none, lac, none_attacker) x (8, 4)
+    assert len(df) == 2 + 3 * 2 and set(df.seed) == {0}
     assert (work / "results" / "tables" / "table1.md").is_file()

@@ -183,6 +183,18 @@ def _module(model: nn.Module, name: str, key: str) -> nn.Module:
         raise ValueError(f"config key {key!r}: module {name!r} is not in the model") from None
 
 
+def output_module(model: nn.Module, name: str) -> nn.Module:
+    """The module whose output is module ``name``'s: ``name`` itself, or, in a torch.fx
+    GraphModule (a quantized model under MQBench placement), where a container such as a stage is
+    inlined and never called, the last module called inside it."""
+    if isinstance(model, torch.fx.GraphModule):
+        called = [n.target for n in model.graph.nodes if n.op == "call_module"]
+        inside = [t for t in called if t.startswith(f"{name}.")]
+        if name not in called and inside:
+            return model.get_submodule(inside[-1])
+    return model.get_submodule(name)
+
+
 def _batched(fn, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     return torch.cat([fn(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
@@ -466,7 +478,7 @@ def grad_cam(model: nn.Module, layer: str, x: torch.Tensor) -> tuple[np.ndarray,
 
     with torch.no_grad():
         pred = model(x).argmax(1)
-    with GradCAM(model=model, target_layers=[model.get_submodule(layer)]) as cam:
+    with GradCAM(model=model, target_layers=[output_module(model, layer)]) as cam:
         maps = cam(input_tensor=x.clone(), targets=[ClassifierOutputTarget(int(c)) for c in pred])
     return maps, pred
 
