@@ -53,7 +53,8 @@ def test_killed_run_leaves_nothing_half_written_and_rerun_completes_only_the_res
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert clean.stat().st_mtime_ns == clean_mtime  # the finished clean model was not recomputed
     df = pd.read_parquet(tmp_path / "results" / "metrics.parquet")
-    assert set(df.defense) == {"none", "lac"} and len(df) == 4  # clean FP, attacked FP, w4 none, w4 lac
+    # clean FP, attacked FP, w4 none, w4 lac, and w4 none_attacker (the cell in the attack's own quantizer)
+    assert set(df.defense) == {"none", "lac", "none_attacker"} and len(df) == 5
 
 
 def test_same_seed_twice_gives_identical_metrics(tmp_path):
