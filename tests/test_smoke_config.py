@@ -94,3 +94,20 @@ def test_smoke_config_is_valid_and_keeps_the_paper_grid(tmp_path):
     assert smoke["run"] == paper["run"] | {"seeds": [0]}
     for name in ("archs", "figures", "table6"):
         assert smoke[name].keys() == paper[name].keys()
+
+
+def test_ci_slice_is_valid_and_covers_every_table_architecture_and_dataset(tmp_path):
+    """tests/smoke/slice.yaml (the CI slice run by tests/test_smoke_slice.py) stays a valid overlay
+    of the paper config as both change, and still asks for every architecture and dataset."""
+    from qcbench.plan import ablation_specs, main_cells
+
+    slice_ = ROOT / "tests" / "smoke" / "slice.yaml"
+    cfg = load_config(PAPER, SMOKE, slice_)
+    for src in cfg["data"]["sources"].values():
+        (tmp_path / src["path"]).mkdir(parents=True)
+    check_config(load_config(PAPER, SMOKE, slice_, resolve=False), workdir=tmp_path)
+    settings = [(d, a) for d in cfg["run"]["datasets"] for a in cfg["run"]["archs"]]
+    settings += [pair for spec in ablation_specs(cfg).values() for pair in spec["settings"]]
+    assert {a for _, a in settings} == set(cfg["archs"])
+    assert {d for d, _ in settings} | set(cfg["detection"]["datasets"]) == set(cfg["data"]["sources"])
+    assert main_cells(cfg)
