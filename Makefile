@@ -98,13 +98,18 @@ smoke-paper: setup
 	  --directory $(SMOKE_DIR) --configfile $(SMOKE_CONFIGS)
 
 # Costs per rule x architecture x dataset from SMOKE_DIR's benchmark files, and the paper config's
-# CPU- and GPU-hours estimated from them (docs/cluster.md).
+# CPU- and GPU-hours estimated from them: the whole plan, and each part of it alone (qcbench sections:
+# the main grid, each table, each figure; docs/cluster.md).
 costs: $(VENV)/.installed
-	mkdir -p $(SMOKE_DIR)/paper-plan
-	$(SNAKEMAKE) -n all --snakefile $(CURDIR)/Snakefile --directory $(SMOKE_DIR)/paper-plan \
-	  --configfile $(CURDIR)/config/config.yaml > $(SMOKE_DIR)/paper-plan.txt
-	$(VENV)/bin/qcbench costs --run $(SMOKE_DIR) --config $(CURDIR)/config/smoke.yaml --plan $(SMOKE_DIR)/paper-plan.txt \
-	  --out $(SMOKE_DIR)/costs.csv
+	rm -rf $(SMOKE_DIR)/paper-plan; mkdir -p $(SMOKE_DIR)/paper-plan/work
+	$(SNAKEMAKE) -n all --snakefile $(CURDIR)/Snakefile --directory $(SMOKE_DIR)/paper-plan/work \
+	  --configfile $(CURDIR)/config/config.yaml > $(SMOKE_DIR)/paper-plan/all.txt
+	$(VENV)/bin/qcbench sections $(CURDIR)/config/config.yaml | while IFS=$$'\t' read -r name targets; do \
+	  $(SNAKEMAKE) -n --snakefile $(CURDIR)/Snakefile --directory $(SMOKE_DIR)/paper-plan/work \
+	    --configfile $(CURDIR)/config/config.yaml -- $$targets > $(SMOKE_DIR)/paper-plan/$$name.txt || exit 1; done
+	$(VENV)/bin/qcbench costs --run $(SMOKE_DIR) --config $(CURDIR)/config/smoke.yaml \
+	  --plan $(SMOKE_DIR)/paper-plan/all.txt $$(ls $(SMOKE_DIR)/paper-plan/*.txt | grep -v '/all.txt$$') \
+	  --out $(SMOKE_DIR)/costs.csv --plans-out $(SMOKE_DIR)/costs-per-part.csv
 
 # Reviewer archive (`qcbench archive`): results/MANIFEST.sha256 + results/archive/qcbench-<date>-<commit>.tar.gz
 # (the repository files the README refers to, and results/); ARCHIVE_OUT=path overrides.

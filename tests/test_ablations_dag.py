@@ -90,3 +90,26 @@ def test_paper_config_plans_tables_2_3_11_on_their_own_datasets_and_archs(tmp_pa
     for absent in ["results/cifar10/vit/", "results/imagenette/alexnet/", "results/imagenette/vit/pqbackdoor",
                    "results/tinyimagenet/alexnet/", "gtsrb"]:  # fmt: skip
         assert absent not in plan, absent
+
+
+def test_the_sections_partition_what_all_evaluates(workdir):
+    """`qcbench sections` (what `make costs` plans part by part): together its parts' metrics files
+    are exactly those `all` plans, and a part's own dry run plans only what that part needs."""
+    from qcbench.config import load_config
+    from qcbench.plan import sections
+
+    from .conftest import TINY_CONFIGS
+
+    cfg = load_config(*TINY_CONFIGS, workdir / "on.yaml")
+    parts = sections(cfg)
+    assert {"table1", "table4", "table5", "table7", "table9", "table10", "table12", "fig2"} <= parts.keys()
+    assert parts["fig2"] == ["results/figures/fig2.png"]
+    metrics = re.compile(r"results/[^\s,]+/metrics(?:\.\w+)?\.parquet")
+    on = dry_run(workdir, workdir / "on.yaml")
+    planned = {m for line in on.splitlines() if line.strip().startswith("output:") for m in metrics.findall(line)}
+    listed = {t for targets in parts.values() for t in targets if metrics.fullmatch(t)}
+    assert listed == planned
+    out = subprocess.run([*snakemake_cmd(workdir, "-n", configs=[workdir / "on.yaml"]), "--", *parts["table9"]],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "clean_qat" in out.stdout and "pqbackdoor" not in out.stdout and "rule table:" not in out.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 from qcbench import costs as C
 from qcbench.cli import main
@@ -101,3 +102,23 @@ def test_cli_prints_the_table_and_the_estimate(run, capsys):
     out = capsys.readouterr().out
     assert "| train_clean" in out and "GPU-hours" in out and "mem_mb" in out
     assert main(["costs", "--run", str(run / "empty")]) == 2
+
+
+def test_each_plan_alone_gets_its_own_row(run, capsys):
+    """Several listings (one per table target): one row each, with the jobs that plan needs."""
+    (run / "all.txt").write_text(PLAN)
+    (run / "table1.txt").write_text("localrule table:\n    wildcards: table=table1\n")
+    (run / "nothing.txt").write_text("Nothing to be done.\n")
+    out_csv = run / "plans.csv"
+    plans = [str(run / f"{n}.txt") for n in ("all", "table1", "nothing")]
+    args = ["costs", "--run", str(run), "--config", str(ROOT / "config/smoke.yaml"), "--plan", *plans]
+    assert main([*args, "--plans-out", str(out_csv)]) == 0
+    assert "each plan alone" in capsys.readouterr().out
+    rows = pd.read_csv(out_csv).set_index("plan")
+    assert list(rows.index) == ["all", "table1", "nothing"]
+    assert rows.loc["all", "jobs"] == 3 and rows.loc["table1", "jobs"] == 1 and rows.loc["nothing", "jobs"] == 0
+    assert rows.loc["table1", "cpu_h"] == pytest.approx(3.0 / 3600)  # the floor: tables cost no units
+    assert rows.loc["nothing", "cpu_h"] == 0
+    assert rows.loc["all", "gpu_h"] == pytest.approx(rows.loc["all", "cpu_h"] / C.gpu_factor(
+        C.cost_table(C.read_benchmarks(run), load_config(ROOT / "config/config.yaml", ROOT / "config/smoke.yaml"),
+                     C.prepared_sizes(run))))  # fmt: skip

@@ -1,6 +1,7 @@
 # Input functions and constants of the detection benchmark (config key `detection`) and of
 # Table 6, PDA as a plug-in (config key `table6`).
 from qcbench.detection import PRECISION_RE
+from qcbench.plan import table6_cells
 
 DETECTION = config.get("detection") or {}
 PRECISION_NAMES = PRECISION_RE.pattern.strip("^$")
@@ -30,14 +31,6 @@ def detector_specs(wc):
 
 
 def table6_metrics():
-    """The metrics files of Table 6: each attack's FP model, undefended and purified by each
-    defense (collate adds them to results/metrics.parquet)."""
-    t6 = config.get("table6") or {}
-    return [
-        f"results/{ds}/{arch}/{atk}/w32/{d}/seed{seed}/metrics.parquet"
-        for ds in t6.get("datasets", [])
-        for arch in t6.get("archs", [])
-        for atk in t6.get("attacks", [])
-        for seed in t6.get("seeds", [])
-        for d in ["none", *t6.get("defenses", [])]
-    ]
+    """The metrics files of Table 6 (qcbench.plan.table6_cells; collate adds them to
+    results/metrics.parquet)."""
+    return table6_cells(config)

@@ -192,9 +192,11 @@ def _costs(args) -> int:
         return 0
     plan_cfg = load_config(*(args.plan_config or [config_dir(run) / "config.yaml"]), workdir=run)
     plan_sizes = C.DATASET_SIZES if args.plan_sizes == "real" else {**C.DATASET_SIZES, **sizes}
-    plan = C.estimate(C.parse_plan(Path(args.plan).read_text()), table, plan_cfg, plan_sizes)
     factor = args.gpu_factor or C.gpu_factor(table)
-    print(f"\nplanned: {args.plan} ({int(plan.jobs.sum())} jobs) at {' '.join(args.plan_config) or 'the paper config'}")
+    plans = {Path(f).stem: C.parse_plan(Path(f).read_text()) for f in args.plan}
+    plan = C.estimate(next(iter(plans.values())), table, plan_cfg, plan_sizes)
+    at = " ".join(args.plan_config) or "the paper config"
+    print(f"\nplanned: {args.plan[0]} ({int(plan.jobs.sum())} jobs) at {at}")
     if factor:
         plan["gpu_h"] = plan.cpu_s / factor / 3600
     print(plan.to_markdown(index=False, floatfmt=".4g"))
@@ -205,8 +207,39 @@ def _costs(args) -> int:
               f" = {total / factor / 3600:.1f} GPU-hours")  # fmt: skip
     else:
         print()
+    if len(plans) > 1:
+        per = C.per_plan(plans, table, plan_cfg, plan_sizes, factor)
+        print("\neach plan alone (its jobs and every job they need):")
+        print(per.to_markdown(index=False, floatfmt=".4g"))
+        if args.plans_out:
+            per.to_csv(args.plans_out, index=False)
     print("mem_mb at the real datasets' sizes (peak RSS x 1.5):", C.mem_mb(table, sizes, C.DATASET_SIZES))
     return 0
+
+
+def _sections(args) -> int:
+    from qcbench.config import ConfigError, load_config
+    from qcbench.plan import sections
+
+    try:
+        cfg = load_config(*args.configs, workdir=args.workdir)
+    except ConfigError as e:
+        print(f"qcbench sections: {e}", file=sys.stderr)
+        return 2
+    for name, targets in sections(cfg).items():
+        print(name, *targets, sep="\t")
+    return 0
+
+
+def _add_sections(sub) -> None:
+    p = sub.add_parser(
+        "sections",
+        help="print the targets of each part of `all` (the main grid, each table, each figure)",
+        description="One line per part of `all` (qcbench.plan.sections): its name, a tab, and its Snakemake "
+        "targets, tab-separated. `snakemake -n <targets>` then plans that part alone (`make costs` does).",
+    )
+    p.add_argument("configs", nargs="*", help="overlays, as given to --configfile (default: the local default)")
+    p.add_argument("--workdir", default=".", help="folder relative data paths are resolved from")
 
 
 def _add_costs(sub) -> None:
@@ -219,7 +252,14 @@ def _add_costs(sub) -> None:
     )
     p.add_argument("--run", default=".", help="the run's working directory (default: .)")
     p.add_argument("--config", nargs="*", default=[], help="the run's --configfile overlays (default: local default)")
-    p.add_argument("--plan", help="a `snakemake -n` listing of the jobs to estimate")
+    p.add_argument(
+        "--plan",
+        nargs="*",
+        default=[],
+        help="`snakemake -n` listings of the jobs to estimate: the first per rule, and with several, "
+        "one row per listing (e.g. one per table target)",
+    )
+    p.add_argument("--plans-out", help="with several --plan listings, also write their rows as CSV")
     p.add_argument("--plan-config", nargs="*", default=[], help="the plan's overlays (default: the paper config)")
     p.add_argument(
         "--plan-sizes",
@@ -325,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_archive(sub)
     _add_fabricate(sub)
     _add_costs(sub)
+    _add_sections(sub)
     args = parser.parse_args(argv)
     commands = {
         "list": _list,
@@ -334,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         "archive": _archive,
         "fabricate": _fabricate,
         "costs": _costs,
+        "sections": _sections,
     }
     return commands[args.command](args)
 

@@ -207,6 +207,20 @@ def estimate(plan: list[dict], costs: pd.DataFrame, cfg: dict, sizes: dict[str, 
     return out.sort_values("cpu_s", ascending=False)
 
 
+def per_plan(plans: dict[str, list[dict]], costs: pd.DataFrame, cfg: dict, sizes: dict[str, tuple[int, int]],
+             factor: float | None) -> pd.DataFrame:  # fmt: skip
+    """One row per named plan (e.g. the dry-run of one table's target, which lists every job the
+    table needs, shared ones included): jobs, CPU-hours, GPU-hours (CPU / ``factor``), unmeasured jobs."""
+    rows = []
+    for name, plan in plans.items():
+        est = estimate(plan, costs, cfg, sizes) if plan else pd.DataFrame(columns=["jobs", "cpu_s", "unmeasured"])
+        cpu_h = float(est.cpu_s.sum()) / 3600
+        rows.append({"plan": name, "jobs": int(est.jobs.sum()), "cpu_h": cpu_h,
+                     "gpu_h": cpu_h / factor if factor else float("nan"),
+                     "unmeasured": int(est.unmeasured.sum())})  # fmt: skip
+    return pd.DataFrame(rows, columns=["plan", "jobs", "cpu_h", "gpu_h", "unmeasured"])
+
+
 def data_mb(dataset: str, sizes: dict[str, tuple[int, int]], side: int | None = None) -> float:
     """MB of the prepared uint8 images of ``dataset`` (3 channels) at ``side`` px."""
     side = side or _DEFAULT_SIDES.get(dataset, 32)

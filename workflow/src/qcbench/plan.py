@@ -86,7 +86,7 @@ def _starts_from_clean(cfg: Mapping, attack: str) -> bool:
 COMPARED_WITH_CLEAN = frozenset({"triggers"})
 
 
-def ablation_cells(cfg: Mapping, fp_defenses=()) -> list[str]:
+def ablation_cells(cfg: Mapping, fp_defenses=(), tables=None) -> list[str]:
     """Metrics files of every enabled ablation table's cells, in order, without duplicates: each
     attack's FP model, its no-defense quantized cells and its defended cells (an FP-level
     defense in ``fp_defenses`` also gets its purified FP model's row), and the clean model's row
@@ -94,11 +94,13 @@ def ablation_cells(cfg: Mapping, fp_defenses=()) -> list[str]:
     Table 8 compare with it) or whose table compares with it (:data:`COMPARED_WITH_CLEAN`). An
     entry's ``backends`` (those also in ``eval.backends``) add its 8-bit no-defense cells'
     real-runtime rows (``metrics.<backend>.parquet``). An attack that declares the bit widths it
-    trains against gets cells only at those (as in the main grid)."""
+    trains against gets cells only at those (as in the main grid). ``tables``: only those tables'."""
     from qcbench.attacks import cell_bits
 
     out: list[str] = []
     for table, spec in ablation_specs(cfg).items():
+        if tables is not None and table not in tables:
+            continue
         for ds, arch in spec["settings"]:
             for seed in spec["seeds"]:
                 if table in COMPARED_WITH_CLEAN or any(_starts_from_clean(cfg, a) for a in spec["attacks"]):
@@ -115,6 +117,47 @@ def ablation_cells(cfg: Mapping, fp_defenses=()) -> list[str]:
                     if 8 in bits_of:
                         out += [f"{base}/w8/none/seed{seed}/metrics.{b}.parquet" for b in spec["backends"]]
     return list(dict.fromkeys(out))
+
+
+def table6_cells(cfg: Mapping) -> list[str]:
+    """The metrics files of Table 6 (config key ``table6``, PDA as a plug-in): each attack's FP
+    model, undefended and purified by each defense."""
+    t6 = cfg.get("table6") or {}
+    return [
+        f"results/{ds}/{arch}/{atk}/w32/{d}/seed{seed}/metrics.parquet"
+        for ds in t6.get("datasets", [])
+        for arch in t6.get("archs", [])
+        for atk in t6.get("attacks", [])
+        for seed in t6.get("seeds", [])
+        for d in ["none", *t6.get("defenses", [])]
+    ]
+
+
+def fp_defense_entries(cfg: Mapping) -> list[str]:
+    """The defense entries that purify the FP model (quantized per bit width afterwards)."""
+    from qcbench.defenses import is_fp_defense
+
+    return [n for n, d in (cfg.get("defenses") or {}).items() if is_fp_defense((d or {}).get("method", n))]
+
+
+def sections(cfg: Mapping) -> dict[str, list[str]]:
+    """The targets of each part of ``all`` on its own, for planning and costing one part: the main
+    grid (``table1``, which the verdicts, Table 8 and the deployment table also read), each
+    ablation table of ``run.ablations``, Table 6, the detection benchmark and each figure. A
+    part's dry run lists every job it needs, the ones it shares with other parts included."""
+    from qcbench.figures import figure_names
+
+    fp = fp_defense_entries(cfg)
+    out = {"table1": with_references(cfg, with_attacker_rows(cfg, main_cells(cfg, fp)))}
+    for table in ablation_specs(cfg):
+        out[table] = with_references(cfg, ablation_cells(cfg, fp, tables=[table]))
+    if table6_cells(cfg):
+        out["table6"] = table6_cells(cfg)
+    if (cfg.get("detection") or {}).get("datasets"):
+        out["detection"] = ["results/detection.parquet"]
+    for fig in figure_names(cfg):
+        out[fig] = [f"results/figures/{fig}.png"]
+    return out
 
 
 def no_defense_entries(cfg: Mapping) -> list[str]:
