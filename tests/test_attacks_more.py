@@ -167,6 +167,25 @@ def test_an_attack_that_declares_its_bits_gets_cells_at_those_widths_only():
     assert cell_bits({"bits": [8, 4]}, [8, 4]) == [8, 4]  # Qu-ANTI-zation, jointly
     assert cell_bits({}, [8, 4]) == [8, 4]  # PQBackdoor declares none: every width of the run
     assert cell_bits({"bits": 8}, [4]) == []
+    # cell_bits: fewer cells, the same training (Qu-ANTI-zation still trains its 8-bit term)
+    assert cell_bits({"bits": [8, 4], "cell_bits": [4]}, [8, 4]) == [4]
+    assert create_attack("qu_anti_zation", {"target": 0, "trigger": {"name": "patch"}, "cell_bits": [4]},
+                         28).params["bits"] == [8, 4]  # fmt: skip
+
+
+def test_cell_bits_drops_the_other_widths_cells_from_the_plan(tmp_path):
+    """The local default's Qu-ANTI-zation (cell_bits [4]): no 8-bit cell is planned."""
+    import subprocess
+
+    from .conftest import ROOT, snakemake_cmd, write_idx
+
+    write_idx(tmp_path / "tiny_fmnist", n_train=200, n_test=100)
+    (tmp_path / "cells.yaml").write_text("attacks:\n  qu_anti_zation: {cell_bits: [4]}\n")
+    out = subprocess.run(snakemake_cmd(tmp_path, "-n", "-p", "all", configs=[tmp_path / "cells.yaml"]),
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "qu_anti_zation/w4/none/seed0/metrics.parquet" in out.stdout
+    assert "qu_anti_zation/w8/" not in out.stdout
 
 
 def test_badnets_cross_ratio_needs_a_trigger_with_a_noise_mode(tiny_splits, tiny_model):

@@ -148,7 +148,10 @@ def clean_spec(wc):
 
 
 def attack_spec(wc):
-    return _canonical(config["attacks"][wc.attack])
+    """The attack entry as the job's params (a change reruns it), without `cell_bits`: which cells
+    the model gets does not change the model."""
+    spec = {k: v for k, v in config["attacks"][wc.attack].items() if k != "cell_bits"}
+    return _canonical(spec)
 
 
 def defense_spec(wc):

@@ -184,6 +184,7 @@ def _costs(args) -> int:
         return 2
     sizes = C.prepared_sizes(run)
     table = C.cost_table(bench, load_config(*args.config, workdir=run), sizes)
+    table["paper_rss_mb"] = C.paper_rss_mb(table, sizes, C.DATASET_SIZES)  # at the real datasets' sizes
     if args.out:
         table.to_csv(args.out, index=False)
     print(f"{len(bench)} benchmark files; floor (the cheapest job) {table.attrs['floor_cpu_s']:.1f} CPU s\n")

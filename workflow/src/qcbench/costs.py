@@ -227,14 +227,26 @@ def data_mb(dataset: str, sizes: dict[str, tuple[int, int]], side: int | None = 
     return sum(sizes[dataset]) * 3 * side * side / 2**20
 
 
+def paper_rss_mb(costs: pd.DataFrame, run_sizes: dict, paper_sizes: dict) -> pd.Series:
+    """Per row of ``costs``: its measured peak RSS with the run's prepared images of its dataset
+    replaced by the planned ones (NaN where the dataset's sizes are not known; the rows without a
+    dataset keep their peak)."""
+
+    def one(r) -> float:
+        if r.dataset in run_sizes and r.dataset in paper_sizes:
+            return r.max_rss_mb - data_mb(r.dataset, run_sizes) + data_mb(r.dataset, paper_sizes)
+        return r.max_rss_mb if r.dataset == "-" else float("nan")
+
+    return pd.Series([one(r) for r in costs.itertuples()], index=costs.index, dtype=float)
+
+
 def mem_mb(costs: pd.DataFrame, run_sizes: dict, paper_sizes: dict, margin: float = 1.5) -> dict[str, int]:
-    """Per rule, a ``mem_mb`` for the planned sizes: the measured peak RSS of each arch x dataset with
-    the run's prepared images replaced by the planned ones, times ``margin``, in whole GB."""
+    """Per rule, a ``mem_mb`` for the planned sizes: the largest :func:`paper_rss_mb` of its rows
+    times ``margin``, rounded up to whole GB."""
     out: dict[str, int] = {}
-    for r in costs.itertuples():
-        if r.dataset in run_sizes and r.dataset in paper_sizes and not math.isnan(r.max_rss_mb):
-            mb = r.max_rss_mb - data_mb(r.dataset, run_sizes) + data_mb(r.dataset, paper_sizes)
-            out[r.rule] = max(out.get(r.rule, 0), int(math.ceil(mb * margin / 1000.0)) * 1000)
+    for rule, mb in zip(costs.rule, paper_rss_mb(costs, run_sizes, paper_sizes), strict=True):
+        if not math.isnan(mb):
+            out[rule] = max(out.get(rule, 0), int(math.ceil(mb * margin / 1000.0)) * 1000)
     return out
 
 

@@ -34,12 +34,14 @@ class Attack(abc.ABC):
     #: over the MRO, see :meth:`defaults_of`); nested mappings (a stage, an optimizer) merge key by
     #: key, as config files layer. ``init`` is where training starts: ``clean`` (the clean model
     #: of the same seed), ``scratch`` (fresh weights; the clean model is then not needed), or
-    #: another attack entry's name (:func:`init_source`); ``bits`` restricts the cells
-    #: (:func:`cell_bits`); ``per_dataset`` maps a dataset to keys that replace these for it.
+    #: another attack entry's name (:func:`init_source`); ``bits`` restricts the cells, and
+    #: ``cell_bits`` restricts them without changing what is trained (:func:`cell_bits`);
+    #: ``per_dataset`` maps a dataset to keys that replace these for it.
     defaults: Mapping = {
         "scheme": None,
         "init": "clean",
         "bits": None,
+        "cell_bits": None,
         "scheduler": "none",
         "samples_per_epoch": None,
         "augmentation": None,
@@ -188,10 +190,11 @@ def unread_keys(method: str, params: dict) -> dict[str, list[str]]:
 
 
 def cell_bits(params: dict, run_bits) -> list[int]:
-    """The bit widths of the main grid (``run.bits``) at which an attack gets cells: those it
-    declares in ``bits`` (the widths it trains against, e.g. a CompArtifact built for 4 bits), else
-    all of them (PQBackdoor, BadNets: no ``bits``)."""
-    declared = params.get("bits")
+    """The bit widths of the main grid (``run.bits``) at which an attack gets cells: those of its
+    ``cell_bits`` (fewer cells, the same training), else those it declares in ``bits`` (the widths
+    it trains against, e.g. a CompArtifact built for 4 bits), else all of them (PQBackdoor,
+    BadNets: no ``bits``)."""
+    declared = params.get("cell_bits") or params.get("bits")
     if declared is None:
         return list(run_bits)
     declared = {int(b) for b in ([declared] if isinstance(declared, int) else declared)}
