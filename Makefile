@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CORES ?= 2
 # The venv's bin first, so snakemake finds the scontrol wrapper (workflow/profiles/scontrol.sh).
-SNAKEMAKE := PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/snakemake
+SNAKEMAKE := PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/snakemake
 
 .PHONY: setup system-packages slurm-conf profiles scontrol-wrapper run test test-fast bench lint format dryrun-paper smoke-paper smoke-slice costs archive clean
 
