@@ -322,3 +322,10 @@ def test_schema_and_registries_agree_and_config_readme_documents_every_key():
 
     walk(schema)
     assert sorted(k for k in keys if f"`{k}`" not in readme) == []
+
+
+@pytest.mark.parametrize("overlay", ["academic", "baselines", "runtimes", "table3-local", "wide"])
+def test_every_overlay_of_the_local_default_is_valid_on_top_of_it(overlay):
+    """An overlay layered after config/local.yaml stays valid as the local default changes (a
+    restriction there, e.g. run.defense_cells naming its attacks, must not strand an overlay's)."""
+    check_config(load_config(LOCAL, ROOT / "config" / f"{overlay}.yaml"), workdir=ROOT)
