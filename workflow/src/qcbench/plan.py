@@ -145,8 +145,6 @@ def sections(cfg: Mapping) -> dict[str, list[str]]:
     grid (``table1``, which the verdicts, Table 8 and the deployment table also read), each
     ablation table of ``run.ablations``, Table 6, the detection benchmark and each figure. A
     part's dry run lists every job it needs, the ones it shares with other parts included."""
-    from qcbench.figures import figure_names
-
     fp = fp_defense_entries(cfg)
     out = {"table1": with_references(cfg, with_attacker_rows(cfg, main_cells(cfg, fp)))}
     for table in ablation_specs(cfg):
@@ -155,8 +153,9 @@ def sections(cfg: Mapping) -> dict[str, list[str]]:
         out["table6"] = table6_cells(cfg)
     if (cfg.get("detection") or {}).get("datasets"):
         out["detection"] = ["results/detection.parquet"]
-    for fig in figure_names(cfg):
-        out[fig] = [f"results/figures/{fig}.png"]
+    for fig, entry in (cfg.get("figures") or {}).items():  # null: not drawn
+        if entry is not None:
+            out[fig] = [f"results/figures/{fig}.png"]
     return out
 
 
