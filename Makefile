@@ -22,13 +22,13 @@ system-packages:
 slurm-conf: system-packages
 	@tests/slurm/cluster.sh conf
 
-# Make `snakemake --profile slurm` (and `--profile slurm-local`) resolve: link the repository's
+# Make `snakemake --profile local` (`slurm`, `slurm-local`) resolve: link the repository's
 # profiles into Snakemake's user config dir. A link to another checkout's profiles is relinked to
 # this checkout (said so: the last clone set up is the one `--profile slurm` uses); a real
 # (non-link) folder there is left alone, with a warning.
 PROFILE_HOME ?= $${XDG_CONFIG_HOME:-$$HOME/.config}/snakemake
 profiles:
-	@mkdir -p "$(PROFILE_HOME)"; for p in slurm slurm-local; do \
+	@mkdir -p "$(PROFILE_HOME)"; for p in local slurm slurm-local; do \
 	  src="$(CURDIR)/workflow/profiles/$$p"; dst="$(PROFILE_HOME)/$$p"; \
 	  if [ -L "$$dst" ]; then \
 	    old=$$(readlink "$$dst"); \
@@ -51,7 +51,7 @@ $(VENV)/.installed: envs/requirements.txt envs/requirements.lock pyproject.toml
 	touch $@
 
 run: setup
-	$(SNAKEMAKE) --cores $(CORES) all
+	$(SNAKEMAKE) --profile $(CURDIR)/workflow/profiles/local --cores $(CORES) all
 
 test: setup
 	$(VENV)/bin/pytest -q -m "not smoke"

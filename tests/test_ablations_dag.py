@@ -16,6 +16,8 @@ run:
   ablations: [table4, table5, table7, table9, table10, table12]
 figures:
   fig2: {attack: qu_anti_zation, bits: 4, seed: 0, eval_every: 5}
+ablations:
+  table5: {seeds: [0, 1, 2]}  # the paper's three seeds (the local default runs two)
 attacks:
   pqbackdoor: {init: scratch}  # as upstream (the local default fine-tunes the clean model)
 """

@@ -163,13 +163,15 @@ def test_make_profiles_makes_the_bare_names_resolve(tmp_path):
     that `snakemake --profile slurm` finds them; here into a scratch XDG_CONFIG_HOME."""
     env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path)}
     subprocess.run(["make", "-s", "-C", str(ROOT), "profiles"], env=env, check=True, timeout=60)
-    code = "from snakemake.cli import get_profile_dir as g; print(g('slurm')[1]); print(g('slurm-local')[1])"
+    names = ["local", "slurm", "slurm-local"]
+    code = "from snakemake.cli import get_profile_dir as g\n" + "".join(f"print(g({n!r})[1])\n" for n in names)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     found = [Path(line) for line in out.stdout.split()]
-    assert found[0].parent == tmp_path / "snakemake" / "slurm"
-    assert found[0].samefile(ROOT / "workflow" / "profiles" / "slurm" / "config.yaml")
-    assert found[1].samefile(ROOT / "workflow" / "profiles" / "slurm-local" / "config.yaml")
+    assert len(found) == len(names)
+    for name, path in zip(names, found):
+        assert path.parent == tmp_path / "snakemake" / name
+        assert path.samefile(ROOT / "workflow" / "profiles" / name / "config.yaml")
 
 
 def test_make_profiles_relinks_another_checkouts_profiles_and_says_so(tmp_path):
