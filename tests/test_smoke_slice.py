@@ -1,6 +1,6 @@
 """The paper DAG's CI slice (tests/smoke/slice.yaml) at smoke budgets (config/smoke.yaml) on fabricated
 datasets: every table and figure, every architecture and every dataset format, end to end with
-`snakemake --cores 2` under a timeout. `make smoke-slice` runs it (not part of `make test`)."""
+`snakemake --profile local` (2 cores) under a timeout. `make smoke-slice` runs it (not part of `make test`)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def slice_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("smoke_slice")
     t0 = time.monotonic()
     assert main(["fabricate", "--root", str(work / "resources" / "fabricated")]) == 0
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "all", "--snakefile", str(ROOT / "Snakefile"),
+    cmd = [sys.executable, "-m", "snakemake", "--profile", str(ROOT / "workflow" / "profiles" / "local"), "all",
+           "--snakefile", str(ROOT / "Snakefile"),
            "--directory", str(work), "--configfile", *map(str, CONFIGS)]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)  # fmt: skip
@@ -42,7 +43,7 @@ def slice_run(tmp_path_factory):
         pytest.fail(f"the smoke slice did not finish in {TIMEOUT_S} s:\n{out[-4000:]}")
     (work / "snakemake.out").write_text(out)
     assert proc.returncode == 0, out[-4000:]
-    print(f"\nsmoke slice (fabricate + snakemake --cores 2 all): {time.monotonic() - t0:.0f} s")
+    print(f"\nsmoke slice (fabricate + snakemake --profile local all): {time.monotonic() - t0:.0f} s")
     return work
 
 
