@@ -124,3 +124,32 @@ def test_grad_cam_of_a_stage_in_a_graph_module_quantized_model(tiny_model):
     assert figures.output_module(tiny_model.eval(), "layers") is tiny_model.get_submodule("layers")
     maps, pred = figures.grad_cam(q, "layers", x)
     assert maps.shape[0] == 4 and len(pred) == 4 and maps.max() > 0
+
+
+@pytest.mark.parametrize("layer", ["layers.1.0.relu1", "layers.2.0.relu2", "fc"])
+def test_importance_with_the_upstream_replayed_equals_a_full_forward_per_channel(layer):
+    """τ from one upstream pass per batch (replay_upstream) equals τ from a full forward pass per
+    pruned channel, over several batches, and the model's modules are left as they were."""
+    from qcbench.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet_tiny", num_classes=10, in_channels=1, mean=[0.5], std=[0.25], width=8).eval()
+    x = torch.rand(40, 1, 28, 28)
+    tau = figures.neuron_importance(model, layer, x, target=3, batch_size=16)
+    module = model.get_submodule(layer)
+    mask = torch.ones(len(tau))
+    handle = module.register_forward_pre_hook(lambda _m, a: (a[0] * mask.view(1, -1, *([1] * (a[0].ndim - 2))),))
+    base = figures.backdoor_loss(model, x, 3, batch_size=16)  # the hook's mask is all ones here
+    brute = []
+    for k in range(len(tau)):
+        mask.fill_(1.0)
+        mask[k] = 0.0
+        brute.append(figures.backdoor_loss(model, x, 3, batch_size=16) - base)
+    handle.remove()
+    assert torch.allclose(tau, torch.tensor(brute), atol=1e-5)
+    assert tau.abs().max() > 0
+    assert not any("forward" in m.__dict__ for m in model.modules())
+    # the upstream really is replayed: while active, another input gives the recorded input's output
+    with torch.no_grad(), figures.replay_upstream(model, layer, x[:16]):
+        assert torch.equal(model(torch.zeros_like(x[:16])), model(x[:16]))
+    assert not torch.equal(model(torch.zeros_like(x[:16])), model(x[:16]))

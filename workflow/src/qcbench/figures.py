@@ -19,6 +19,8 @@ penultimate features).
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -226,30 +228,83 @@ def backdoor_loss(model: nn.Module, x_poisoned: torch.Tensor, target: int, batch
     return total / len(x_poisoned)
 
 
+def _replayed(out):
+    return out.clone() if isinstance(out, torch.Tensor) else out  # in-place ops downstream
+
+
+@contextlib.contextmanager
+def replay_upstream(model: nn.Module, layer: str, x: torch.Tensor):
+    """While active, ``model(x)`` reuses the outputs of every submodule whose calls all end before
+    ``layer`` starts (the network upstream of it), recorded once on ``x``: a forward pass that only
+    changes ``layer``'s input then costs only the part of the network from ``layer`` on. Each
+    replayed module returns its recorded outputs in call order, so ``x`` must be the same input."""
+    target = model.get_submodule(layer)
+    modules = {name: m for name, m in model.named_modules() if name and m is not target}
+    started, outputs, late = [False], {}, set()
+
+    def record(name):
+        def hook(_m, _args, out):
+            if started[0]:
+                late.add(name)
+            else:
+                outputs.setdefault(name, []).append(out)
+
+        return hook
+
+    handles = [target.register_forward_pre_hook(lambda _m, _a: started.__setitem__(0, True))]
+    handles += [m.register_forward_hook(record(name)) for name, m in modules.items()]
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    early = [n for n in outputs if n not in late]
+    outermost = [n for n in early if not any(n.startswith(f"{o}.") for o in early)]
+    previous = {}
+    for name in outermost:
+        m, calls, count = modules[name], outputs[name], itertools.count()
+        previous[name] = m.__dict__.get("forward")
+        m.forward = lambda *_a, _calls=calls, _count=count, **_k: _replayed(_calls[next(_count) % len(_calls)])
+    try:
+        yield
+    finally:
+        for name, fwd in previous.items():
+            del modules[name].forward
+            if fwd is not None:
+                modules[name].forward = fwd
+
+
 @torch.no_grad()
 def neuron_importance(
     model: nn.Module, layer: str, x_poisoned: torch.Tensor, target: int, batch_size: int = 256
 ) -> torch.Tensor:
     """Backdoor importance τ of every channel at the input of ``layer`` (LAC, Definition 3.1): the
-    rise of the backdoor loss when that neuron is pruned, i.e. its pre-activation set to zero."""
+    rise of the backdoor loss when that neuron is pruned, i.e. its pre-activation set to zero. The
+    network upstream of ``layer`` runs once per batch (:func:`replay_upstream`), not per channel."""
     module = model.get_submodule(layer)
     channels = module_input(model, layer, x_poisoned[:1]).shape[1]
-    base = backdoor_loss(model, x_poisoned, target, batch_size)
     mask = torch.ones(channels)
 
     def prune(_m, args):
         return (args[0] * mask.view(1, -1, *([1] * (args[0].ndim - 2))),)
 
-    handle = module.register_forward_pre_hook(prune)
-    tau = torch.zeros(channels)
-    try:
-        for k in range(channels):
-            mask.fill_(1.0)
-            mask[k] = 0.0
-            tau[k] = backdoor_loss(model, x_poisoned, target, batch_size) - base
-    finally:
-        handle.remove()
-    return tau
+    def loss(x):
+        return F.cross_entropy(model(x), torch.full((len(x),), target), reduction="sum").item()
+
+    base, pruned = 0.0, torch.zeros(channels, dtype=torch.float64)
+    for i in range(0, len(x_poisoned), batch_size):
+        x = x_poisoned[i : i + batch_size]
+        with replay_upstream(model, layer, x):
+            base += loss(x)
+            handle = module.register_forward_pre_hook(prune)
+            try:
+                for k in range(channels):
+                    mask.fill_(1.0)
+                    mask[k] = 0.0
+                    pruned[k] += loss(x)
+            finally:
+                handle.remove()
+    return ((pruned - base) / len(x_poisoned)).float()
 
 
 def _hist(ax, values, color, label, bins):
