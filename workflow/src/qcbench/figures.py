@@ -221,11 +221,13 @@ def peak(acts: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def backdoor_loss(model: nn.Module, x_poisoned: torch.Tensor, target: int, batch_size: int = 256) -> float:
     """Cross-entropy of triggered images toward the target label (the backdoor loss)."""
-    total = 0.0
-    for i in range(0, len(x_poisoned), batch_size):
-        out = model(x_poisoned[i : i + batch_size])
-        total += F.cross_entropy(out, torch.full((len(out),), target), reduction="sum").item()
+    total = sum(_loss_sum(model, x_poisoned[i : i + batch_size], target) for i in range(0, len(x_poisoned), batch_size))
     return total / len(x_poisoned)
+
+
+def _loss_sum(model: nn.Module, x: torch.Tensor, target: int) -> float:
+    """The backdoor loss of one batch, summed over its images."""
+    return F.cross_entropy(model(x), torch.full((len(x),), target), reduction="sum").item()
 
 
 def _replayed(out):
@@ -288,20 +290,17 @@ def neuron_importance(
     def prune(_m, args):
         return (args[0] * mask.view(1, -1, *([1] * (args[0].ndim - 2))),)
 
-    def loss(x):
-        return F.cross_entropy(model(x), torch.full((len(x),), target), reduction="sum").item()
-
     base, pruned = 0.0, torch.zeros(channels, dtype=torch.float64)
     for i in range(0, len(x_poisoned), batch_size):
         x = x_poisoned[i : i + batch_size]
         with replay_upstream(model, layer, x):
-            base += loss(x)
+            base += _loss_sum(model, x, target)
             handle = module.register_forward_pre_hook(prune)
             try:
                 for k in range(channels):
                     mask.fill_(1.0)
                     mask[k] = 0.0
-                    pruned[k] += loss(x)
+                    pruned[k] += _loss_sum(model, x, target)
             finally:
                 handle.remove()
     return ((pruned - base) / len(x_poisoned)).float()
